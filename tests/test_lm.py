@@ -1,0 +1,102 @@
+"""LM loading, hooks and truncated forwards on tiny random models (plus one test on the real model)."""
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from saelib.lm import load_lm
+
+TEXTS = ["Dogs are man's best friend.", "London is a major city with many parks and old streets."]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+def test_resid_hook_equals_hidden_states_and_truncation_is_exact(arch):
+    lm = make_tiny_lm(arch)
+    batch = lm.tokenize(TEXTS)
+    with torch.inference_mode():
+        hidden = lm.model(**batch, output_hidden_states=True).hidden_states
+    for layer in range(lm.n_layers - 1):  # the last hidden state has the final norm applied
+        acts = lm.forward_to(batch["input_ids"], batch["attention_mask"], layer, "resid")
+        mask = batch["attention_mask"].bool()
+        torch.testing.assert_close(acts[mask], hidden[layer + 1][mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+def test_forward_stops_after_the_hooked_layer(arch):
+    lm = make_tiny_lm(arch)
+    ran = []
+    handles = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(lm.blocks)]
+    batch = lm.tokenize(TEXTS)
+    try:
+        lm.forward_to(batch["input_ids"], batch["attention_mask"], 1, "mlp_out")
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0]  # block 1's MLP raised the stop before block 1 itself returned
+
+
+@pytest.mark.parametrize("site", ["mlp_out", "attn_out"])
+def test_component_sites_sum_into_the_residual(tiny_llama, site):
+    """For a sequential block: resid_out = resid_in + attn_out + mlp_out, so each site is a real part of it."""
+    lm = tiny_llama
+    batch = lm.tokenize(TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    resid_in = lm.forward_to(ids, mask, 0, "resid")
+    resid_out = lm.forward_to(ids, mask, 1, "resid")
+    attn = lm.forward_to(ids, mask, 1, "attn_out")
+    mlp = lm.forward_to(ids, mask, 1, "mlp_out")
+    torch.testing.assert_close(resid_in + attn + mlp, resid_out, rtol=1e-4, atol=1e-4)
+
+
+def test_activations_per_text_with_token_strings(tiny_neox):
+    out = tiny_neox.activations(TEXTS, layer=2)
+    assert len(out.acts) == 2 and out.acts[0].shape[1] == tiny_neox.d_model
+    assert [len(a) for a in out.acts] == [len(t) for t in out.tokens] == [len(t) for t in out.token_ids]
+    assert "".join(out.tokens[0]) == TEXTS[0]
+
+
+def test_default_layer_is_the_middle_one(tiny_llama):
+    assert tiny_llama.resolve(None) == tiny_llama.n_layers // 2
+
+
+def test_hooked_replaces_the_activation_and_is_removed(tiny_llama):
+    lm = tiny_llama
+    batch = lm.tokenize(TEXTS)
+    clean = lm.logits(batch["input_ids"], batch["attention_mask"])
+    with lm.hooked(1, "resid", torch.zeros_like):
+        ablated = lm.logits(batch["input_ids"], batch["attention_mask"])
+    again = lm.logits(batch["input_ids"], batch["attention_mask"])
+    assert not torch.allclose(clean, ablated)
+    torch.testing.assert_close(clean, again)
+
+
+@pytest.mark.parametrize("layer,site,match", [(99, "resid", "out of range"), (-1, "resid", "out of range"),
+                                              (1, "embed", "Unknown site")])
+def test_bad_layer_or_site(tiny_llama, layer, site, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_llama.activations(TEXTS, layer=layer, site=site)
+
+
+def test_empty_text_is_rejected(tiny_llama):
+    with pytest.raises(ValueError, match="Empty text"):
+        tiny_llama.activations(["fine", "  "])
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_unknown_model_fails_fast_with_a_clear_message(monkeypatch, offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    with pytest.raises(ValueError, match='load_lm\\("default"\\)'):
+        load_lm("no-such-org/no-such-model-xyz")
+
+
+def test_local_directory_loads(tmp_path, tiny_gpt2):
+    tiny_gpt2.model.save_pretrained(tmp_path)
+    tiny_gpt2.tokenizer.save_pretrained(tmp_path)
+    lm = load_lm(str(tmp_path))
+    assert lm.n_layers == tiny_gpt2.n_layers and lm.d_model == tiny_gpt2.d_model
+
+
+def test_real_bundled_model():
+    lm = load_lm("default")
+    assert lm.d_model == 576 and lm.n_layers == 30
+    assert "Paris" in lm.generate("The capital of France is", max_new_tokens=5)
+    assert lm.unembed().shape[1] == 576
