@@ -1,0 +1,74 @@
+"""A static, self-contained HTML dashboard of chosen features: one file, inline CSS, PNGs as base64,
+no scripts and no CDN, so it opens anywhere (and can be attached to an issue or e-mail)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+from . import analysis
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-top: 1px solid #ddd; padding-top: 12px; }
+.meta { color: #555; font-size: 13px; } .grid { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+table { border-collapse: collapse; font-size: 13px; } td, th { padding: 1px 6px; vertical-align: top; }
+img { max-width: 100%; }
+"""
+
+
+def figure_png_base64(fig, dpi: int = 90) -> str:
+    """A matplotlib figure as an inline <img> (base64 PNG)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _feature_section(feature: int, description: str, stats, store, lm, sae, n_contexts: int) -> str:
+    contexts = analysis.top_contexts(stats, store, lm, feature, n=min(n_contexts, stats.top_values.shape[0]))
+    lens = analysis.logit_lens(lm, sae, feature)
+    lens_html = lens._repr_html_() if lens is not None else "<i>this model has no unembedding: no logit lens</i>"
+    return (
+        f'<h2 id="f{feature}">Feature {feature}: {html.escape(description)}</h2>'
+        f'<p class="meta">firing density {stats.density[feature]:.3e} ({int(stats.density[feature] * stats.n_tokens)} '
+        f"of {stats.n_tokens} tokens) · mean when active {stats.mean_active[feature]:.3g} · "
+        f"max {stats.max_act[feature]:.3g}</p>"
+        f'<div class="grid"><div>{figure_png_base64(stats.histogram(feature))}</div><div>{lens_html}</div></div>'
+        f"{contexts._repr_html_()}"
+    )
+
+
+def write_dashboard(run_dir: str | os.PathLike, lm, sae, store, features: Sequence[int],
+                    stats: analysis.FeatureStats | None = None, labels: analysis.ConceptLabels | None = None,
+                    n_contexts: int = 10, title: str = "saelib feature dashboard") -> Path:
+    """Write run_dir/report/dashboard.html for `features` and return its path.
+
+    Pass the `stats` from `analysis.feature_stats` to reuse them (computing them encodes the store)."""
+    features = list(dict.fromkeys(analysis.check_feature(f, analysis.d_sae_of(sae)) for f in features))
+    if not features:
+        raise ValueError("Pass at least one feature index to put in the dashboard")
+    if stats is None:
+        stats = analysis.feature_stats(sae, store, n_top=max(n_contexts, 1))
+    descriptions = analysis.describe_features(features, labels, stats, lm)
+    arch = getattr(getattr(sae, "cfg", None), "arch", "")
+    index = " · ".join(f'<a href="#f{f}">f{f}</a>' for f in features)
+    body = "".join(_feature_section(f, descriptions[f], stats, store, lm, sae, n_contexts) for f in features)
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f'<p class="meta">model {html.escape(str(store.model_name))} · layer {store.layer} {html.escape(store.site)} · '
+        f"d_sae {stats.d_sae} {html.escape(str(arch))}"
+        f" · statistics over {stats.n_tokens} stored tokens</p>"
+        f"{figure_png_base64(stats.density_plot(features))}"
+        f"{labels._repr_html_() if labels is not None else ''}"
+        f"<p>{index}</p>{body}</body></html>"
+    )
+    out = Path(run_dir) / "report" / "dashboard.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

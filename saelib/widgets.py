@@ -1,0 +1,113 @@
+"""An ipywidgets explorer over a few texts: threshold and top-k sliders, a feature picker, a text box.
+
+The texts are encoded once (`analysis.encode_texts`); a slider tick only slices the cached
+latents and rebuilds an HTML string, so it redraws in milliseconds (`last_redraw_ms`). Only the
+text box runs the model again. When displayed, the explorer also prints its initial view as an
+ordinary HTML output, because a headless run (papermill) keeps no widget output in the cells.
+"""
+from __future__ import annotations
+
+import html
+import time
+from typing import Sequence
+
+import ipywidgets as widgets
+from IPython.display import HTML, display
+
+from . import analysis, feature_plots
+
+MAX_TOP_K = 50  # slider range; more features per text do not fit on a screen
+
+
+class Explorer:
+    """Interactive view of which features fire on which tokens; see the module docstring."""
+
+    def __init__(self, lm, sae, texts: Sequence[str] | None = None, threshold: float = 0.0, top_k: int = 10,
+                 labels: dict[int, str] | None = None, max_length: int = 128):
+        self.lm, self.sae, self.labels, self.max_length = lm, sae, labels or {}, max_length
+        d_sae = analysis.d_sae_of(sae)
+        analysis.check_threshold(threshold)
+        analysis.check_top_k(top_k, d_sae)
+        self.acts = analysis.encode_texts(lm, sae, texts, max_length)
+        self.last_redraw_ms = float("nan")
+        self.last_encode_ms = float("nan")
+
+        self.threshold = widgets.FloatSlider(value=threshold, min=0.0, description="threshold",
+                                             continuous_update=True, readout_format=".3g")
+        self.top_k = widgets.IntSlider(value=top_k, min=1, max=min(MAX_TOP_K, d_sae), description="top k",
+                                       continuous_update=True)
+        self.feature = widgets.Dropdown(description="feature")
+        self.text = widgets.Textarea(value="\n".join(self.acts.texts), description="texts",
+                                     placeholder="one text per line", continuous_update=False,
+                                     layout=widgets.Layout(width="90%", height="5em"))
+        self.view = widgets.HTML()
+        self.view.add_class("saelib-explorer-view")
+        self.status = widgets.Label()
+        self.status.add_class("saelib-explorer-status")
+        self._fit_controls_to_texts()
+        for control in (self.threshold, self.top_k, self.feature):
+            control.observe(self.redraw, names="value")
+        self.text.observe(self._on_text, names="value")
+        self.redraw()
+        self.widget = widgets.VBox([widgets.HBox([self.threshold, self.top_k, self.feature]), self.text,
+                                    self.status, self.view])
+
+    # ---- state that depends on the texts ------------------------------------------------------
+    def _fit_controls_to_texts(self) -> None:
+        """Slider range and feature choices follow the encoded texts (set once per encode)."""
+        peak = float(self.acts.text_max.max())
+        self.threshold.max = max(peak, 1e-6)
+        self.threshold.step = self.threshold.max / 200
+        strongest = self.acts.text_max.max(dim=0).values
+        values, features = strongest.topk(min(MAX_TOP_K, self.acts.d_sae))
+        options = [(f"{analysis.feature_name(f, self.labels)} · {v:.3g}", f)
+                   for f, v in zip(features.tolist(), values.tolist()) if v > 0]
+        options = options or [("no active feature", features[0].item())]
+        keep = self.feature.value in [f for _, f in options]
+        self.feature.options = options
+        self.feature.value = self.feature.value if keep else options[0][1]
+
+    def _on_text(self, change) -> None:
+        texts = [line for line in change["new"].splitlines() if line.strip()]
+        if not texts:
+            self.status.value = "Enter at least one non-empty line of text."
+            return
+        start = time.perf_counter()
+        self.acts = analysis.encode_texts(self.lm, self.sae, texts, self.max_length)
+        self.last_encode_ms = 1000 * (time.perf_counter() - start)
+        self._fit_controls_to_texts()
+        self.redraw()
+
+    # ---- drawing -------------------------------------------------------------------------
+    def render(self) -> str:
+        """The current view as HTML: per text its top features, active fraction and token heatmap,
+        then every text coloured by the picked feature. Reads cached latents only."""
+        current = analysis.top_features(self.acts, self.threshold.value, self.top_k.value, self.labels)
+        parts = [f"<b>threshold {current.threshold:.3g} · top k {current.top_k}</b>"]
+        for i, text in enumerate(self.acts.texts):
+            features = current.features[i]
+            heatmap = (feature_plots.heatmap_html(self.acts.tokens[i], features,
+                                                  self.acts.latents[i][:, features].numpy(), self.labels)
+                       if features else "<i>no feature above the threshold</i>")
+            parts.append(f'<div style="margin:8px 0"><code>{html.escape(text)}</code><br>'
+                         f'<span class="saelib-active">{current.summary(i)}</span><br>{heatmap}</div>')
+        feature = self.feature.value
+        vmax = max(float(lat[:, feature].max()) for lat in self.acts.latents)
+        coloured = "<br>".join(feature_plots.tokens_html(tokens, lat[:, feature].numpy(), vmax)
+                               for tokens, lat in zip(self.acts.tokens, self.acts.latents))
+        parts.append(f"<b>{html.escape(analysis.feature_name(feature, self.labels))}</b> on each text "
+                     f"(max {vmax:.3g})<br>{coloured}")
+        return "".join(parts)
+
+    def redraw(self, change=None) -> None:
+        """Slider/picker callback: rebuild the view from the cache and time it."""
+        start = time.perf_counter()
+        self.view.value = self.render()
+        self.last_redraw_ms = 1000 * (time.perf_counter() - start)
+        encode = "" if self.last_encode_ms != self.last_encode_ms else f", last encode {self.last_encode_ms:.0f} ms"
+        self.status.value = f"redraw {self.last_redraw_ms:.1f} ms{encode}"
+
+    def _ipython_display_(self) -> None:
+        display(self.widget)
+        display(HTML(f"<details open><summary>Static copy of the view (for non-interactive renderings; "
+                     f"does not follow the sliders)</summary>{self.render()}</details>"))
