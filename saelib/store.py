@@ -173,19 +173,25 @@ def collect(
     return store
 
 
-def _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, batch_size, bar) -> dict:
-    """Activations of documents [doc_start, doc_stop), in document order; batches sorted by length."""
-    order = sorted(range(doc_start, doc_stop), key=lambda i: len(input_ids[i]))
-    per_doc = {}
-    pad = lm.tokenizer.pad_token_id
+def padded_batches(input_ids: list[list[int]], docs, batch_size: int, pad_id: int):
+    """Yield (doc indices, ids, mask) with documents sorted by length so padding stays small."""
+    order = sorted(docs, key=lambda i: len(input_ids[i]))
     for b in range(0, len(order), batch_size):
         batch_docs = order[b : b + batch_size]
         width = max(len(input_ids[i]) for i in batch_docs)
-        ids = torch.full((len(batch_docs), width), pad, dtype=torch.long)
+        ids = torch.full((len(batch_docs), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, i in enumerate(batch_docs):
             ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
             mask[row, : len(input_ids[i])] = 1
+        yield batch_docs, ids, mask
+
+
+def _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, batch_size, bar) -> dict:
+    """Activations of documents [doc_start, doc_stop), in document order; batches sorted by length."""
+    per_doc = {}
+    for batch_docs, ids, mask in padded_batches(input_ids, range(doc_start, doc_stop), batch_size,
+                                                lm.tokenizer.pad_token_id):
         acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site).cpu()
         if not torch.isfinite(acts).all():
             raise ValueError(f"The model produced NaN/inf activations at layer {layer} ({site}); "
