@@ -143,13 +143,14 @@ def _first(output):
 class LM:
     """A causal LM with hooks to read or replace the activation at one layer and site."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str):
+    def __init__(self, model: nn.Module, tokenizer, name: str, description: str | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"
-        self.name = name
+        self.name = name  # what load_lm needs to load it again (stored in manifests and SAE metadata)
+        self.description = description or name
         self.blocks = _find_blocks(model)
         self.n_layers = len(self.blocks)
         self.d_model = model.config.hidden_size
@@ -162,7 +163,7 @@ class LM:
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
         return (
-            f"LM({self.name!r}: {type(self.model).__name__}, {n_params / 1e6:.0f}M params, "
+            f"LM({self.description!r}: {type(self.model).__name__}, {n_params / 1e6:.0f}M params, "
             f"{self.n_layers} layers, d_model {self.d_model}, device {self.device})"
         )
 
@@ -174,7 +175,7 @@ class LM:
         if layer is None:
             return self.n_layers // 2
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer!r} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
+            raise ValueError(f"layer {layer!r} is out of range: {self.description} has layers 0..{self.n_layers - 1}")
         return layer
 
     def site_module(self, layer: int, site: str) -> nn.Module:
@@ -270,10 +271,10 @@ def load_lm(name: str = "default", device: str = "auto") -> LM:
     start = time.perf_counter()
     if name == "default":
         model, tokenizer = _load_default(torch_device)
-        label = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
+        description = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
     else:
         model, tokenizer = _load_hf(name, torch_device)
-        label = name
-    lm = LM(model, tokenizer, label)
+        description = name
+    lm = LM(model, tokenizer, name, description)
     lm.load_seconds = time.perf_counter() - start
     return lm
