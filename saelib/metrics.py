@@ -1,0 +1,139 @@
+"""How good is an SAE: reconstruction on held-out activations, and what splicing it into the LM costs.
+
+Reconstruction (streamed over the store's eval split): MSE, FVU = sum of squared errors / sum of
+squared deviations from the mean, L0, dead and dense latent fractions, per-latent firing density.
+
+Downstream (on held-out texts): next-token cross-entropy of the clean model, with the SAE's
+reconstruction replacing the activation at (layer, site), and with that activation zeroed;
+KL(clean || spliced) and CE-loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean).
+The first token of each text is an attention sink the SAE never trained on: it keeps its original
+activation in both interventions and its prediction is left out of every average.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saelib.sae import SAE
+
+DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: SAE, store, batch_size: int = 4096, progress: bool = True) -> dict:
+    """Stream the eval split once; all sums in float64 so small errors do not vanish."""
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    if store.d_model != d_in:
+        raise ValueError(f"The SAE reads d_in={d_in} but the store holds d_model={store.d_model}; "
+                         "evaluate it on activations from the model and layer it was trained on")
+    n = 0
+    sum_x = torch.zeros(d_in, dtype=torch.float64)
+    sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64) for _ in range(3))
+    fire_counts = torch.zeros(d_sae, dtype=torch.float64)
+    for acts in tqdm(store.iter_batches(batch_size, shuffle=False, split="eval"), desc="eval", unit="batch",
+                     disable=not progress):
+        latents = sae.encode(acts)
+        recon = sae.decode(latents)
+        fired = latents > 0
+        n += len(acts)
+        sum_x += acts.double().sum(0)
+        sum_sq_x += acts.double().pow(2).sum()
+        sse += (recon - acts).double().pow(2).sum()
+        active += fired.sum()
+        fire_counts += fired.sum(0)
+    if n == 0:
+        raise ValueError(f"The store at {store.path} has no eval tokens (every 20th document is held out); "
+                         "collect at least 20 documents")
+    total_var = sum_sq_x - sum_x.pow(2).sum() / n
+    density = fire_counts / n
+    return {
+        "n_eval_tokens": n,
+        "mse": (sse / (n * d_in)).item(),
+        "fvu": (sse / total_var).item(),
+        "l0": (active / n).item(),
+        "dead_frac": (density == 0).double().mean().item(),
+        "dense_frac": (density > DENSE_FRACTION).double().mean().item(),
+        "feature_density": density.tolist(),
+    }
+
+
+def log10_density(metrics: dict) -> tuple[list[float], int]:
+    """log10 firing frequency of each latent that fired on the eval split, and how many never fired."""
+    density = [d for d in metrics["feature_density"] if d > 0]
+    return [math.log10(d) for d in density], len(metrics["feature_density"]) - len(density)
+
+
+@torch.no_grad()
+def downstream_metrics(sae: SAE, lm, texts: list[str], layer: int, site: str, batch_size: int = 8,
+                       max_length: int = 128, progress: bool = True) -> dict:
+    """CE clean / with the SAE spliced in / zero-ablated, KL(clean || spliced), CE-loss recovered."""
+    if not texts:
+        raise ValueError("Pass at least one held-out text for the downstream metrics")
+    if lm.d_model != sae.cfg.d_in:
+        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but {lm.name} has d_model={lm.d_model}")
+
+    def splice(acts: Tensor) -> Tensor:
+        out = acts.clone()
+        out[:, 1:] = sae(acts[:, 1:].float()).to(acts.dtype)
+        return out
+
+    def zero(acts: Tensor) -> Tensor:
+        out = torch.zeros_like(acts)
+        out[:, 0] = acts[:, 0]
+        return out
+
+    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0}
+    n_predictions = 0
+    for start in tqdm(range(0, len(texts), batch_size), desc="downstream", unit="batch", disable=not progress):
+        batch = lm.tokenize(texts[start : start + batch_size], max_length=max_length)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        # predictions made at positions 1..T-2 of real tokens; position 0 is the attention sink
+        valid = (mask[:, 1:-1] * mask[:, 2:]).bool()
+        if not valid.any():
+            continue
+        targets = ids[:, 2:][valid]
+        clean = lm.logits(ids, mask)[:, 1:-1][valid].log_softmax(-1)
+        with lm.hooked(layer, site, splice):
+            spliced = lm.logits(ids, mask)[:, 1:-1][valid].log_softmax(-1)
+        with lm.hooked(layer, site, zero):
+            zeroed = lm.logits(ids, mask)[:, 1:-1][valid].log_softmax(-1)
+        sums["ce_clean"] += F.nll_loss(clean, targets, reduction="sum").item()
+        sums["ce_sae"] += F.nll_loss(spliced, targets, reduction="sum").item()
+        sums["ce_zero"] += F.nll_loss(zeroed, targets, reduction="sum").item()
+        sums["kl_sae"] += F.kl_div(spliced, clean, log_target=True, reduction="sum").item()
+        n_predictions += len(targets)
+    if n_predictions == 0:
+        raise ValueError("The texts are too short: each needs at least 3 tokens")
+    out = {key: value / n_predictions for key, value in sums.items()}
+    gap = out["ce_zero"] - out["ce_clean"]
+    # None when zero-ablation does not hurt (a random LM): there is nothing to recover
+    out["ce_loss_recovered"] = (out["ce_zero"] - out["ce_sae"]) / gap if gap > 0 else None
+    out["n_predictions"] = n_predictions
+    return out
+
+
+def evaluate(sae: SAE, store, lm=None, texts: list[str] | None = None, run_dir: str | os.PathLike | None = None,
+             progress: bool = True) -> dict:
+    """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given.
+
+    `texts` defaults to the store's eval documents. Writes run_dir/metrics.json when run_dir is given.
+    """
+    metrics = {"arch": sae.cfg.arch, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+               **reconstruction_metrics(sae, store, progress=progress)}
+    if lm is not None:
+        texts = store.documents("eval") if texts is None else texts
+        metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))
+    if run_dir is not None:
+        path = Path(run_dir) / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=1))
+        os.replace(tmp, path)
+    return metrics

@@ -1,0 +1,72 @@
+"""Metrics: reconstruction sanity on synthetic stores, downstream CE on the tiny LM, plots render."""
+import json
+
+import matplotlib
+import pytest
+import torch
+
+from saelib.metrics import evaluate
+from saelib.plots import LiveCurves, density_histogram, frontier_plot, norm_histogram
+from saelib.sae import SAE, SAEConfig
+from saelib.store import collect, store_from_tensor
+
+
+def identity_like_sae(d_in: int, arch: str = "relu") -> SAE:
+    """Latents +x and -x in separate halves: reconstructs any input exactly."""
+    sae = SAE(SAEConfig(d_in, 2 * d_in, arch=arch, k=d_in))
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def test_reconstruction_metrics_of_identity_and_zero(tmp_path):
+    acts = torch.randn(3000, 16) * 4 + 2
+    store = store_from_tensor(acts, tmp_path / "acts")
+    metrics = evaluate(identity_like_sae(16), store, run_dir=tmp_path, progress=False)
+    assert metrics["fvu"] < 1e-10 and metrics["mse"] < 1e-10
+    assert 15 < metrics["l0"] < 17  # half the latents fire on each token
+    assert metrics["dead_frac"] == 0 and metrics["dense_frac"] == 1.0
+    assert len(metrics["feature_density"]) == 32
+    assert json.loads((tmp_path / "metrics.json").read_text())["fvu"] == metrics["fvu"]
+
+    eval_acts = torch.cat(list(store.iter_batches(4096, shuffle=False, split="eval")))
+    mean_sae = SAE(SAEConfig(16, 32, arch="relu"))
+    with torch.no_grad():
+        mean_sae.b_dec.copy_(eval_acts.mean(0))
+    metrics = evaluate(mean_sae, store, progress=False)
+    assert metrics["fvu"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["l0"] == 0 and metrics["dead_frac"] == 1.0
+
+
+def test_downstream_ce_recovered_on_tiny_lm(tiny_llama, tmp_path):
+    texts = [f"Sentence {i}: dogs run fast and cats sleep in the warm sun today." for i in range(40)]
+    store = collect(tiny_llama, texts, tmp_path / "acts", layer=1, dtype="float32", progress=False)
+    metrics = evaluate(identity_like_sae(tiny_llama.d_model), store, lm=tiny_llama, progress=False)
+    assert metrics["ce_sae"] == pytest.approx(metrics["ce_clean"], abs=1e-4)
+    assert metrics["kl_sae"] == pytest.approx(0, abs=1e-4)
+    assert metrics["ce_zero"] != pytest.approx(metrics["ce_clean"], abs=1e-3)
+    if metrics["ce_zero"] > metrics["ce_clean"]:
+        assert metrics["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-2)
+
+    broken = SAE(SAEConfig(tiny_llama.d_model, 8, arch="relu"))  # reconstructs only b_dec = 0
+    zeroed = evaluate(broken, store, lm=tiny_llama, texts=texts[:8], progress=False)
+    assert zeroed["ce_sae"] == pytest.approx(zeroed["ce_zero"], abs=1e-4)
+    assert zeroed["kl_sae"] > 0
+
+
+def test_plots_render(tmp_path):
+    store = store_from_tensor(torch.randn(2000, 8), tmp_path / "acts")
+    metrics = evaluate(identity_like_sae(8), store, progress=False)
+    metrics["feature_density"][0] = 0.0
+    curves = LiveCurves(min_seconds=0)
+    for step in range(1, 4):
+        curves(step, {"loss": 1 / step, "fvu": 0.5 / step, "l0": 30.0, "dead_frac": 0.01, "lr": 1e-3, "mse": 0.1})
+    figures = [curves.close(), density_histogram(metrics),
+               frontier_plot(metrics, reference_points=[{"l0": 20, "fvu": 0.3, "label": "ref"}]),
+               norm_histogram(store)]
+    for fig in figures:
+        assert isinstance(fig, matplotlib.figure.Figure) and fig.axes
+        fig.savefig(tmp_path / "fig.png")
+    assert "never fired" in figures[1].axes[0].get_title()
