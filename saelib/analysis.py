@@ -93,6 +93,11 @@ class TextActivations:
     def d_sae(self) -> int:
         return self.text_max.shape[1]
 
+    def scored(self, text: int) -> tuple[list[str], Tensor]:
+        """Tokens and latents of one text that count for its scores (first token dropped if skipped)."""
+        start = 1 if self.skip_first and len(self.tokens[text]) > 1 else 0
+        return self.tokens[text][start:], self.latents[text][start:]
+
     def __repr__(self) -> str:
         n_tokens = sum(len(t) for t in self.tokens)
         return f"TextActivations({len(self.texts)} texts, {n_tokens} tokens, d_sae {self.d_sae})"
@@ -117,16 +122,24 @@ def text_maxima(lm, sae, texts: Sequence[str], batch_size: int = 32, max_length:
     """[n_texts, d_sae] max-over-tokens latents for many texts, without keeping per-token latents."""
     texts = check_texts(texts)
     layer, site = hook_point(lm, sae)
-    rows = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
+    rows = torch.zeros(len(texts), d_sae_of(sae))
     for start in range(0, len(texts), batch_size):
-        token_acts = lm.activations(texts[start:start + batch_size], layer=layer, site=site, max_length=max_length)
-        rows += [max_over_tokens(_encode(sae, acts), skip_first) for acts in token_acts.acts]
-    return torch.stack(rows)
+        batch = order[start:start + batch_size]
+        token_acts = lm.activations([texts[i] for i in batch], layer=layer, site=site, max_length=max_length)
+        for i, acts in zip(batch, token_acts.acts):
+            rows[i] = max_over_tokens(_encode(sae, acts), skip_first)
+    return rows
 
 
 # ---- top features per text ----------------------------------------------------------------
-def feature_name(feature: int, labels: dict[int, str] | None) -> str:
-    return f"f{feature}" + (f" ({labels[feature]})" if labels and feature in labels else "")
+def label_names(labels: ConceptLabels | dict[int, str] | None) -> dict[int, str]:
+    """feature -> name from a `ConceptLabels` table, a plain dict, or nothing."""
+    return dict(getattr(labels, "feature_labels", labels) or {})
+
+
+def feature_name(feature: int, names: dict[int, str] | None) -> str:
+    return f"f{feature}" + (f" ({names[feature]})" if names and feature in names else "")
 
 
 @dataclass
@@ -140,7 +153,7 @@ class TopFeatures:
     features: list[list[int]]  # per text, strongest first, only those above threshold
     values: list[list[float]]
     n_active: list[int]  # per text: features whose max activation exceeds threshold
-    labels: dict[int, str] | None = None
+    labels: dict[int, str] = field(default_factory=dict)  # feature -> concept name, for display
 
     @property
     def active_fraction(self) -> list[float]:
@@ -171,7 +184,7 @@ class TopFeatures:
 
 
 def top_features(acts: TextActivations, threshold: float = 0.0, top_k: int = 10,
-                 labels: dict[int, str] | None = None) -> TopFeatures:
+                 labels: ConceptLabels | dict[int, str] | None = None) -> TopFeatures:
     """Per text: up to `top_k` features whose max activation exceeds `threshold`, strongest first."""
     threshold = check_threshold(threshold)
     top_k = check_top_k(top_k, acts.d_sae)
@@ -182,7 +195,7 @@ def top_features(acts: TextActivations, threshold: float = 0.0, top_k: int = 10,
         features=[indices[i][keep[i]].tolist() for i in range(len(acts.texts))],
         values=[values[i][keep[i]].tolist() for i in range(len(acts.texts))],
         n_active=(acts.text_max > threshold).sum(dim=1).tolist(),
-        labels=labels,
+        labels=label_names(labels),
     )
 
 
@@ -219,24 +232,28 @@ def _html(markup: str):
 
 
 def token_heatmap(acts: TextActivations, text: int = 0, features: Sequence[int] | None = None, top_k: int = 8,
-                  labels: dict[int, str] | None = None):
+                  labels: ConceptLabels | dict[int, str] | None = None):
     """Tokens × features table for one text; by default the text's `top_k` strongest features."""
     if not 0 <= text < len(acts.texts):
         raise ValueError(f"text index {text} is out of range: there are {len(acts.texts)} texts")
     if features is None:
         features = top_features(acts, 0.0, min(top_k, acts.d_sae)).features[text]
     features = [check_feature(f, acts.d_sae) for f in features]
-    values = acts.latents[text][:, features].numpy()
-    return _html(feature_plots.heatmap_html(acts.tokens[text], features, values, labels))
+    tokens, latents = acts.scored(text)
+    return _html(feature_plots.heatmap_html(tokens, features, latents[:, features].numpy(), label_names(labels)))
 
 
 def color_text(acts: TextActivations, feature: int):
     """Every text with its tokens shaded by one feature's activation (one colour scale for all)."""
-    feature = check_feature(feature, acts.d_sae)
-    vmax = max(float(lat[:, feature].max()) for lat in acts.latents)
-    lines = [feature_plots.tokens_html(tokens, lat[:, feature].numpy(), vmax)
-             for tokens, lat in zip(acts.tokens, acts.latents)]
-    return _html(f"<b>f{feature}</b> (max {vmax:.3g})<br>" + "<br>".join(lines))
+    return _html(coloured_texts_html(acts, check_feature(feature, acts.d_sae)))
+
+
+def coloured_texts_html(acts: TextActivations, feature: int, name: str | None = None) -> str:
+    """HTML for `color_text` (also drawn by the explorer); one colour scale across the texts."""
+    scored = [acts.scored(i) for i in range(len(acts.texts))]
+    vmax = max(float(latents[:, feature].max()) for _, latents in scored)
+    lines = [feature_plots.tokens_html(tokens, latents[:, feature].numpy(), vmax) for tokens, latents in scored]
+    return f"<b>{html.escape(name or f'f{feature}')}</b> on each text (max {vmax:.3g})<br>" + "<br>".join(lines)
 
 
 # ---- per-feature statistics streamed over the store ----------------------------------------
@@ -507,7 +524,7 @@ class ConceptLabels:
 
 def label_from_scores(train_scores: Tensor, train_concepts: Sequence[str | None], test_scores: Tensor,
                       test_concepts: Sequence[str | None], per_concept: int = 1,
-                      min_auroc: float = 0.8) -> ConceptLabels:
+                      min_auroc: float = 0.9) -> ConceptLabels:
     """For each concept, the `per_concept` features with the best train AUROC (concept vs rest).
 
     Scores are [n_texts, d_sae] text-level activations; concepts are one name (or None) per text."""
@@ -531,7 +548,7 @@ def label_from_scores(train_scores: Tensor, train_concepts: Sequence[str | None]
     return ConceptLabels(rows=rows, min_auroc=min_auroc, n_train=len(train_concepts), n_test=len(test_concepts))
 
 
-def label_concepts(lm, sae, train=None, test=None, per_concept: int = 1, min_auroc: float = 0.8,
+def label_concepts(lm, sae, train=None, test=None, per_concept: int = 1, min_auroc: float = 0.9,
                    batch_size: int = 32) -> ConceptLabels:
     """Label features with the concepts of data/concepts.jsonl (or given Documents): AUROC per feature."""
     from .corpus import load_concepts
@@ -567,7 +584,7 @@ def describe_features(features: Sequence[int], labels: ConceptLabels | None = No
 def search_features(lm, sae, phrase: str, top_k: int = 10, labels: ConceptLabels | None = None) -> TopFeatures:
     """The features most active on `phrase` (max over its tokens)."""
     acts = encode_texts(lm, sae, [phrase])
-    return top_features(acts, 0.0, top_k, labels.feature_labels if labels is not None else None)
+    return top_features(acts, 0.0, top_k, labels)
 
 
 @dataclass

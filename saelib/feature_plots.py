@@ -11,6 +11,7 @@ import html
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 HIGHLIGHT_RGB = (255, 140, 0)  # orange: one colour for "this token activates the feature"
 
@@ -93,6 +94,7 @@ def histogram_figure(edges, counts, title: str, figsize=(4.0, 2.4)) -> Figure:
     ax = fig.add_subplot()
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:orange")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on narrow ranges
     nonzero = np.nonzero(counts)[0]
     if len(nonzero):
         ax.set_xlim(edges[nonzero[0]], edges[nonzero[-1] + 1])

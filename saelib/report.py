@@ -62,9 +62,9 @@ def write_dashboard(run_dir: str | os.PathLike, lm, sae, store, features: Sequen
         f'<p class="meta">model {html.escape(str(store.model_name))} · layer {store.layer} {html.escape(store.site)} · '
         f"d_sae {stats.d_sae} {html.escape(str(arch))}"
         f" · statistics over {stats.n_tokens} stored tokens</p>"
-        f"{figure_png_base64(stats.density_plot(features))}"
-        f"{labels._repr_html_() if labels is not None else ''}"
-        f"<p>{index}</p>{body}</body></html>"
+        f"<div>{figure_png_base64(stats.density_plot(features))}</div>"
+        f"{f'<div>{labels._repr_html_()}</div>' if labels is not None else ''}"
+        f"<p>Features: {index}</p>{body}</body></html>"
     )
     out = Path(run_dir) / "report" / "dashboard.html"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,9 @@ class Explorer:
     """Interactive view of which features fire on which tokens; see the module docstring."""
 
     def __init__(self, lm, sae, texts: Sequence[str] | None = None, threshold: float = 0.0, top_k: int = 10,
-                 labels: dict[int, str] | None = None, max_length: int = 128):
-        self.lm, self.sae, self.labels, self.max_length = lm, sae, labels or {}, max_length
+                 labels: analysis.ConceptLabels | dict[int, str] | None = None, max_length: int = 128):
+        self.lm, self.sae, self.max_length = lm, sae, max_length
+        self.labels = analysis.label_names(labels)
         d_sae = analysis.d_sae_of(sae)
         analysis.check_threshold(threshold)
         analysis.check_top_k(top_k, d_sae)
@@ -86,17 +87,13 @@ class Explorer:
         parts = [f"<b>threshold {current.threshold:.3g} · top k {current.top_k}</b>"]
         for i, text in enumerate(self.acts.texts):
             features = current.features[i]
-            heatmap = (feature_plots.heatmap_html(self.acts.tokens[i], features,
-                                                  self.acts.latents[i][:, features].numpy(), self.labels)
+            tokens, latents = self.acts.scored(i)
+            heatmap = (feature_plots.heatmap_html(tokens, features, latents[:, features].numpy(), self.labels)
                        if features else "<i>no feature above the threshold</i>")
             parts.append(f'<div style="margin:8px 0"><code>{html.escape(text)}</code><br>'
                          f'<span class="saelib-active">{current.summary(i)}</span><br>{heatmap}</div>')
         feature = self.feature.value
-        vmax = max(float(lat[:, feature].max()) for lat in self.acts.latents)
-        coloured = "<br>".join(feature_plots.tokens_html(tokens, lat[:, feature].numpy(), vmax)
-                               for tokens, lat in zip(self.acts.tokens, self.acts.latents))
-        parts.append(f"<b>{html.escape(analysis.feature_name(feature, self.labels))}</b> on each text "
-                     f"(max {vmax:.3g})<br>{coloured}")
+        parts.append(analysis.coloured_texts_html(self.acts, feature, analysis.feature_name(feature, self.labels)))
         return "".join(parts)
 
     def redraw(self, change=None) -> None:

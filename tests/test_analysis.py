@@ -76,13 +76,20 @@ def test_encode_texts_defaults_to_starter_sentences_and_views_render(tiny_llama,
     heatmap = analysis.token_heatmap(acts, text=0, top_k=4).data
     assert heatmap.count("<tr>") == 5 and "f%d" % top.features[0][0] in heatmap
     coloured = analysis.color_text(acts, top.features[0][0]).data
-    assert coloured.count("<span title=") == sum(len(t) for t in acts.tokens)
+    assert coloured.count("<span title=") == sum(len(t) - 1 for t in acts.tokens)  # first tokens are not scored
 
 
 def test_search_features_ranks_by_activation(tiny_llama, sae):
-    found = analysis.search_features(tiny_llama, sae, "London is a major city.", top_k=3)
+    found = analysis.search_features(tiny_llama, sae, "London is a major city.", top_k=3, labels={7: "seven"})
     direct = analysis.encode_texts(tiny_llama, sae, ["London is a major city."]).text_max[0]
-    assert found.features[0] == direct.topk(3).indices.tolist()
+    assert found.features[0] == direct.topk(3).indices.tolist() and found.labels == {7: "seven"}
+
+
+def test_text_maxima_batches_by_length_but_keeps_order(tiny_llama, sae):
+    texts = ["A much longer sentence about dogs, cats and a major city.", "Short one.", TEXTS[1], "Mid length text."]
+    batched = analysis.text_maxima(tiny_llama, sae, texts, batch_size=2)
+    one_by_one = torch.stack([analysis.encode_texts(tiny_llama, sae, [t]).text_max[0] for t in texts])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
 
 
 # ---- bad input --------------------------------------------------------------------------------
@@ -140,6 +147,24 @@ def test_labeller_finds_planted_concept():
     assert labels.features[0] == 7
     assert "held-out AUROC" in labels._repr_html_()
     assert analysis.describe_features([7], labels)[7].startswith("animals (AUROC")
+
+
+def test_label_concepts_defaults_to_the_concept_file(tiny_llama, sae, monkeypatch):
+    from saelib import corpus
+
+    load_concepts, splits = corpus.load_concepts, []
+
+    def thinned(split=None):  # the real file, every 6th row (2+ held-out texts per concept) to stay fast
+        splits.append(split)
+        return load_concepts(split)[::6]
+
+    monkeypatch.setattr(corpus, "load_concepts", thinned)
+    labels = analysis.label_concepts(tiny_llama, sae, batch_size=64)
+    assert splits == ["train", "heldout"]
+    assert len(labels.rows) == len({d.concept for d in load_concepts()})
+    assert labels.n_train == len(load_concepts("train")[::6]) and labels.n_test == len(load_concepts("heldout")[::6])
+    top = analysis.top_features(analysis.encode_texts(tiny_llama, sae, TEXTS[:1]), labels=labels)
+    assert top.labels == labels.feature_labels
 
 
 def test_label_concepts_end_to_end_on_documents(tiny_llama, sae):
