@@ -277,7 +277,8 @@ def _sparse_loss(sae: SAE, x: Tensor, state: _TrainState, cfg: TrainConfig):
             rows, cols = flat // d_sae, flat % d_sae
         if k_aux == 0:
             return rows, cols
-        aux_cols = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=1, sorted=False).indices.flatten()
+        dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
+        aux_cols = dead_cols[pre[:, dead_cols].topk(k_aux, dim=1, sorted=False).indices.flatten()]
         return torch.cat([rows, torch.arange(n_rows).repeat_interleave(k_aux)]), torch.cat([cols, aux_cols])
 
     # (x - b_dec) @ W_enc + b_enc, with b_dec's share as a bias so no gradient flows through x

@@ -1,0 +1,148 @@
+"""`python -m saelib.bench train`: training tokens/s of each arch against two yardsticks, in one process.
+
+- dense reference: a TopK SAE step written plainly in torch (encode GEMM, scatter the top k into
+  zeros, dense decode GEMM, autograd backward, Adam) -- what the sparse path must beat;
+- roofline: the six GEMMs of a dense forward + backward (torch.mm on preallocated tensors) -- the
+  most a dense step could ever reach here.
+
+Random data, no store; latents never count as dead, so AuxK (absent from the reference) stays off
+and the steps compared do the same work. Every timing records its CPU share; one below 0.9 means another process
+took a core, so the measurement is repeated (up to --repeats times) and flagged if it stays noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+
+from saelib.bench import peak_rss_mb, reset_peak_rss, timed
+from saelib.sae import ARCHS, SAE, SAEConfig
+from saelib.train import TrainConfig, _TrainState, _train_step
+
+SHAPES = ((512, 2048), (576, 4608))  # (d_in, d_sae)
+MIN_CPU_SHARE = 0.9
+
+
+def _our_step(arch: str, d_in: int, d_sae: int, k: int, batch: torch.Tensor):
+    cfg = TrainConfig(arch=arch, k=k, dead_tokens=2**62)
+    sae = SAE(SAEConfig(d_in, d_sae, arch=arch, k=k))
+    with torch.no_grad():
+        sae.W_dec.copy_(F.normalize(torch.randn(d_sae, d_in), dim=1))
+        sae.W_enc.copy_(sae.W_dec.t())
+        if arch == "jumprelu":
+            sae.threshold.fill_(1.0)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    state = _TrainState(sae.cfg, cfg)
+    steps = iter(range(10**9))
+    return lambda: _train_step(sae, optimizer, state, batch, next(steps), 10**9, cfg)
+
+
+def _dense_reference_step(d_in: int, d_sae: int, k: int, batch: torch.Tensor):
+    W_dec = F.normalize(torch.randn(d_sae, d_in), dim=1).requires_grad_()
+    W_enc = W_dec.detach().t().clone().requires_grad_()
+    b_enc = torch.zeros(d_sae, requires_grad=True)
+    b_dec = torch.zeros(d_in, requires_grad=True)
+    optimizer = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-4)
+
+    def step():
+        pre = (batch - b_dec) @ W_enc + b_enc
+        top = pre.topk(k, dim=1)
+        latents = torch.zeros_like(pre).scatter(1, top.indices, F.relu(top.values))
+        recon = latents @ W_dec + b_dec
+        loss = (recon - batch).pow(2).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _roofline_step(d_in: int, d_sae: int, n: int):
+    """Forward: x @ W_enc, z @ W_dec. Backward: z^T @ g, g @ W_dec^T, x^T @ g_pre, g_pre @ W_enc^T."""
+    x, g = torch.randn(n, d_in), torch.randn(n, d_in)
+    z, g_pre = torch.randn(n, d_sae), torch.randn(n, d_sae)
+    W_enc, W_dec = torch.randn(d_in, d_sae), torch.randn(d_sae, d_in)
+    out_latent, out_input = torch.empty(n, d_sae), torch.empty(n, d_in)
+    out_dec, out_enc = torch.empty(d_sae, d_in), torch.empty(d_in, d_sae)
+
+    def step():
+        torch.mm(x, W_enc, out=out_latent)
+        torch.mm(z, W_dec, out=out_input)
+        torch.mm(z.t(), g, out=out_dec)
+        torch.mm(g, W_dec.t(), out=out_latent)
+        torch.mm(x.t(), g_pre, out=out_enc)
+        torch.mm(g_pre, W_enc.t(), out=out_input)
+
+    return step
+
+
+def _measure(steps: dict, n_tokens: int, seconds: float, repeats: int) -> dict:
+    """tokens/s of each step, run round-robin so that load from other processes hits all alike.
+
+    Each step runs for at least `seconds` in total; a step whose CPU share is below 0.9 is measured
+    again (up to `repeats` attempts) and flagged noisy if it never gets the cores.
+    """
+    results = {}
+    for step in steps.values():
+        step()  # warm-up: allocations, Adam state
+    pending = dict(steps)
+    for attempt in range(1, repeats + 1):
+        totals = {name: {"seconds": 0.0, "cpu": 0.0, "steps": 0, "peak_rss_mb": 0.0} for name in pending}
+        while any(t["steps"] < 2 or t["seconds"] < seconds for t in totals.values()):
+            for name, step in pending.items():
+                reset_peak_rss()
+                with timed(one := {}):
+                    step()
+                total = totals[name]
+                total["seconds"] += one["seconds"]
+                total["cpu"] += one["cpu_share"] * one["seconds"]
+                total["steps"] += 1
+                total["peak_rss_mb"] = max(total["peak_rss_mb"], peak_rss_mb())
+        for name, total in totals.items():
+            cpu_share = total["cpu"] / total["seconds"]
+            results[name] = {"tokens_per_s": total["steps"] * n_tokens / total["seconds"], "cpu_share": cpu_share,
+                             "peak_rss_mb": total["peak_rss_mb"], "attempts": attempt,
+                             "noisy": cpu_share < MIN_CPU_SHARE}
+        pending = {name: step for name, step in pending.items() if results[name]["noisy"]}
+        if not pending:
+            break
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m saelib.bench train", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per step kind")
+    parser.add_argument("--repeats", type=int, default=3, help="attempts per measurement while noisy")
+    parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--quick", action="store_true", help="1 s per measurement, one attempt")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats = 1.0, 1
+    archs = args.archs.split(",")
+    unknown = sorted(set(archs) - set(ARCHS))
+    if unknown:
+        parser.error(f"unknown arch(s) {unknown}; choose from {ARCHS}")
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, k {args.k}")
+
+    header = f"{'shape':>11} {'step':>14} {'tok/s':>9} {'/dense-ref':>10} {'/roofline':>9} {'RSS MB':>7} {'CPU':>5}"
+    rows = []
+    for d_in, d_sae in SHAPES:
+        batch = torch.randn(args.batch_size, d_in)
+        steps = {"roofline 6 GEMM": _roofline_step(d_in, d_sae, args.batch_size),
+                 "dense ref topk": _dense_reference_step(d_in, d_sae, args.k, batch)}
+        steps.update({arch: _our_step(arch, d_in, d_sae, args.k, batch) for arch in archs})
+        results = _measure(steps, args.batch_size, args.seconds, args.repeats)
+        roofline, dense = results["roofline 6 GEMM"]["tokens_per_s"], results["dense ref topk"]["tokens_per_s"]
+        for name, r in results.items():
+            flag = " NOISY" if r["noisy"] else ""
+            rows.append(f"{d_in:>4}x{d_sae:<6} {name:>14} {r['tokens_per_s']:9.0f} {r['tokens_per_s'] / dense:10.2f} "
+                        f"{r['tokens_per_s'] / roofline:9.2f} {r['peak_rss_mb']:7.0f} {r['cpu_share']:5.2f}{flag}")
+        print("\n".join([header, *rows[-len(results):]]), flush=True)
+    print("\nratios: tokens/s of the step over the dense reference TopK step and over the six-GEMM roofline.\n"
+          "CPU = process CPU time / (wall x cores); NOISY = below 0.9 after all attempts, discard that row.")
