@@ -127,8 +127,9 @@ def text_maxima(lm, sae, texts: Sequence[str], batch_size: int = 32, max_length:
     for start in range(0, len(texts), batch_size):
         batch = order[start:start + batch_size]
         token_acts = lm.activations([texts[i] for i in batch], layer=layer, site=site, max_length=max_length)
-        for i, acts in zip(batch, token_acts.acts):
-            rows[i] = max_over_tokens(_encode(sae, acts), skip_first)
+        latents = _encode(sae, torch.cat(token_acts.acts)).split([len(a) for a in token_acts.acts])
+        for i, text_latents in zip(batch, latents):
+            rows[i] = max_over_tokens(text_latents, skip_first)
     return rows
 
 

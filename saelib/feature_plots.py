@@ -2,18 +2,27 @@
 matplotlib figures for histograms, densities and text overlap.
 
 HTML is used wherever a widget redraws, because building a string takes microseconds while
-rendering a matplotlib figure takes ~100 ms. Figures are `matplotlib.figure.Figure` objects made
-without pyplot, so returning one from a notebook cell shows it exactly once.
+rendering a matplotlib figure takes ~100 ms. Figures are made through pyplot (so Jupyter's inline
+backend registers its PNG formatter) and closed at once, so returning one from a notebook cell
+shows it exactly once.
 """
 from __future__ import annotations
 
 import html
 
 import numpy as np
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 HIGHLIGHT_RGB = (255, 140, 0)  # orange: one colour for "this token activates the feature"
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure pyplot does not keep: shown by the cell's return value only, never twice."""
+    fig = plt.figure(figsize=figsize)
+    plt.close(fig)
+    return fig
 
 
 def _token_text(token: str) -> str:
@@ -70,7 +79,7 @@ def heatmap_html(tokens: list[str], features: list[int], values, labels: dict[in
 def overlap_figure(matrix, names: list[str], title: str = "Overlap of top-k feature sets (Jaccard)") -> Figure:
     """A text × text heatmap of set overlap; near-zero off the diagonal means distinct features."""
     matrix = np.asarray(matrix, dtype=np.float32)
-    fig = Figure(figsize=(1.6 + 1.1 * len(names), 1.2 + 0.9 * len(names)))
+    fig = new_figure((1.6 + 1.1 * len(names), 1.2 + 0.9 * len(names)))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
     short = [n if len(n) <= 24 else n[:22] + "…" for n in names]
@@ -90,7 +99,7 @@ def histogram_figure(edges, counts, title: str, figsize=(4.0, 2.4)) -> Figure:
     """Histogram of a feature's nonzero activations on log-spaced bins (x axis is log scale)."""
     edges = np.asarray(edges, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize)
     ax = fig.add_subplot()
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:orange")
     ax.set_xscale("log")
@@ -111,7 +120,7 @@ def density_figure(density, marked: dict[int, float] | None = None, figsize=(5.0
     `marked` draws a vertical line per chosen feature so a dashboard shows where it sits."""
     density = np.asarray(density, dtype=np.float64)
     alive = density[density > 0]
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize)
     ax = fig.add_subplot()
     if len(alive):
         ax.hist(np.log10(alive), bins=40, color="tab:blue")
