@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from . import analysis
 
 STYLE = """
@@ -41,17 +43,29 @@ def _feature_section(feature: int, description: str, stats, store, lm, sae, n_co
     )
 
 
-def write_dashboard(run_dir: str | os.PathLike, lm, sae, store, features: Sequence[int],
+def default_features(stats: analysis.FeatureStats, labels: analysis.ConceptLabels | None = None,
+                     n: int = 8, max_density: float = 0.05) -> list[int]:
+    """Labelled features first, then the strongest features that are neither dead nor dense."""
+    chosen = labels.features[:n] if labels is not None else []
+    sparse = (stats.density > 0) & (stats.density <= max_density)
+    strongest = torch.where(sparse, stats.max_act, torch.zeros_like(stats.max_act)).argsort(descending=True)
+    chosen += [f for f in strongest.tolist() if sparse[f] and f not in chosen][:n - len(chosen)]
+    return chosen
+
+
+def write_dashboard(run_dir: str | os.PathLike, lm, sae, store, features: Sequence[int] | None = None,
                     stats: analysis.FeatureStats | None = None, labels: analysis.ConceptLabels | None = None,
                     n_contexts: int = 10, title: str = "saelib feature dashboard") -> Path:
-    """Write run_dir/report/dashboard.html for `features` and return its path.
+    """Write run_dir/report/dashboard.html and return its path; `features` default to `default_features`.
 
     Pass the `stats` from `analysis.feature_stats` to reuse them (computing them encodes the store)."""
+    if stats is None:
+        stats = analysis.feature_stats(sae, store, n_top=max(n_contexts, 1))
+    if features is None:
+        features = default_features(stats, labels)
     features = list(dict.fromkeys(analysis.check_feature(f, analysis.d_sae_of(sae)) for f in features))
     if not features:
         raise ValueError("Pass at least one feature index to put in the dashboard")
-    if stats is None:
-        stats = analysis.feature_stats(sae, store, n_top=max(n_contexts, 1))
     descriptions = analysis.describe_features(features, labels, stats, lm)
     arch = getattr(getattr(sae, "cfg", None), "arch", "")
     index = " · ".join(f'<a href="#f{f}">f{f}</a>' for f in features)

@@ -325,6 +325,17 @@ def test_dashboard_is_self_contained(tmp_path, tiny_llama, sae):
         report.write_dashboard(tmp_path / "run", tiny_llama, sae, store, [], stats=stats)
 
 
+def test_dashboard_default_features_put_labelled_first_and_skip_dead_and_dense():
+    stats = analysis.FeatureStats(
+        n_tokens=100, density=torch.tensor([0.0, 0.5, 0.01, 0.02, 0.03]), mean_active=torch.ones(5),
+        max_act=torch.tensor([0.0, 9.0, 1.0, 3.0, 2.0]), hist_counts=torch.zeros(5, 1, dtype=torch.int64),
+        top_values=torch.zeros(1, 5), top_rows=torch.zeros(1, 5, dtype=torch.int64),
+        top_token_ids=torch.zeros(1, 5, dtype=torch.int64))
+    assert report.default_features(stats, n=3) == [3, 4, 2]
+    labels = analysis.ConceptLabels([analysis.ConceptLabel("x", 2, 0.99, 0.97)], 0.9, 10, 10)
+    assert report.default_features(stats, labels, n=3) == [2, 3, 4]
+
+
 def tiny_llama_store(lm, tmp_path):
     from saelib.store import collect
 
