@@ -206,14 +206,18 @@ def active_fraction(acts: TextActivations, threshold: float = 0.0) -> Tensor:
     return (acts.text_max > threshold).float().mean(dim=1)
 
 
+def shared_counts(acts: TextActivations, top_k: int = 10, threshold: float = 0.0) -> Tensor:
+    """[n_texts, n_texts] how many features two texts' top-k sets share (diagonal: set sizes)."""
+    sets = [set(f) for f in top_features(acts, threshold, top_k).features]
+    return torch.tensor([[len(a & b) for b in sets] for a in sets])
+
+
 def overlap(acts: TextActivations, top_k: int = 10, threshold: float = 0.0) -> Tensor:
     """[n_texts, n_texts] Jaccard overlap of the texts' top-k feature sets (0 = disjoint)."""
-    sets = [set(f) for f in top_features(acts, threshold, top_k).features]
-    matrix = torch.zeros(len(sets), len(sets))
-    for i, a in enumerate(sets):
-        for j, b in enumerate(sets):
-            matrix[i, j] = len(a & b) / len(a | b) if a | b else 0.0
-    return matrix
+    shared = shared_counts(acts, top_k, threshold).float()
+    sizes = shared.diagonal()
+    union = sizes[:, None] + sizes[None, :] - shared
+    return torch.where(union > 0, shared / union.clamp(min=1), torch.zeros_like(shared))
 
 
 def show_overlap(acts: TextActivations, top_k: int = 10, threshold: float = 0.0):
@@ -501,6 +505,13 @@ class ConceptLabels:
         order = sorted(self.rows, key=lambda r: -r.test_auroc)
         labelled = self.feature_labels
         return list(dict.fromkeys(r.feature for r in order if r.feature in labelled))
+
+    def coverage(self, min_auroc: float = 0.9) -> float:
+        """Fraction of concepts whose best feature reaches `min_auroc` on the held-out split."""
+        best = {}
+        for row in self.rows:
+            best[row.concept] = max(best.get(row.concept, 0.0), row.test_auroc)
+        return sum(auc >= min_auroc for auc in best.values()) / len(best) if best else 0.0
 
     def auroc_of(self, feature: int) -> float | None:
         aucs = [r.test_auroc for r in self.rows if r.feature == feature]

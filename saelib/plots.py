@@ -82,6 +82,7 @@ def density_histogram(metrics: dict, bins: int = 50) -> Figure:
     ax.set_title(f"Feature density ({n_dead} of {len(metrics['feature_density'])} latents never fired)")
     ax.legend(loc="upper left")
     fig.tight_layout()
+    plt.close(fig)  # shown once, as the cell's value
     return fig
 
 
@@ -105,6 +106,7 @@ def frontier_plot(metrics: dict | list[dict], reference_points: list[dict] | Non
     ax.set_title("Sparsity - reconstruction frontier")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
+    plt.close(fig)  # shown once, as the cell's value
     return fig
 
 
@@ -126,4 +128,80 @@ def norm_histogram(store, bins: int = 60, max_tokens: int = 200_000) -> Figure:
     ax.set_title(f"{store.model_name} layer {store.layer} {store.site}: {len(norms):,} tokens")
     ax.legend()
     fig.tight_layout()
+    plt.close(fig)  # shown once, as the cell's value
     return fig
+
+
+def corpus_table(stats: dict):
+    """Counts per source and per concept, as an HTML table that also renders under papermill."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:,}</td></tr>" for k, v in stats["sources"].items())
+    concepts = ", ".join(f"{escape(k)} ({v})" for k, v in stats.get("concepts", {}).items())
+    return HTML(
+        f"<p><b>{stats['n_texts']:,} texts</b>, {stats['mean_chars']:.0f} characters on average</p>"
+        f"<table><tr><th>source</th><th>texts</th></tr>{rows}</table>"
+        + (f"<p><b>{len(stats['concepts'])} concepts:</b> {concepts}</p>" if concepts else "")
+    )
+
+
+def corpus_examples(docs, max_chars: int = 240):
+    """The first document of each source, shortened."""
+    from html import escape
+
+    from IPython.display import HTML
+
+    first = {}
+    for doc in docs:
+        first.setdefault(doc.source, doc.text)
+    rows = "".join(
+        f"<tr><td>{escape(source)}</td><td style='text-align:left'><pre style='white-space:pre-wrap;margin:0'>"
+        f"{escape(text[:max_chars])}{'…' if len(text) > max_chars else ''}</pre></td></tr>"
+        for source, text in first.items()
+    )
+    return HTML(f"<table><tr><th>source</th><th>example</th></tr>{rows}</table>")
+
+
+def token_norms(sample) -> plt.Figure:
+    """Per-token activation norms of a few texts (log scale): the first token towers over the rest."""
+    fig, axes = plt.subplots(1, len(sample.acts), figsize=(4 * len(sample.acts), 3), squeeze=False)
+    for ax, acts, tokens in zip(axes[0], sample.acts, sample.tokens):
+        norms = acts.norm(dim=-1).numpy()
+        ax.bar(range(len(norms)), norms, color=["tab:red"] + ["tab:blue"] * (len(norms) - 1))
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], rotation=90, fontsize=8)
+        ax.set_title(f"first token {norms[0]:,.0f} vs median {float(acts[1:].norm(dim=-1).median()):,.0f}", fontsize=9)
+    axes[0][0].set_ylabel("activation norm")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def show_source(*objects):
+    """The real source code of functions or methods, as a highlighted Markdown block."""
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown("\n\n".join(f"```python\n{inspect.getsource(obj)}```" for obj in objects))
+
+
+METRIC_ROWS = (
+    ("fvu", "FVU (1 - explained variance)", "{:.3f}"), ("mse", "MSE (raw activations)", "{:.4g}"),
+    ("l0", "L0 (active latents per token)", "{:.1f}"), ("dead_frac", "dead latents", "{:.1%}"),
+    ("dense_frac", "dense latents (fire on > 10% of tokens)", "{:.1%}"),
+    ("ce_clean", "CE loss, clean", "{:.3f}"), ("ce_sae", "CE loss, SAE spliced in", "{:.3f}"),
+    ("ce_zero", "CE loss, zero-ablated", "{:.3f}"), ("kl_sae", "KL(clean || SAE)", "{:.4f}"),
+    ("ce_loss_recovered", "CE-loss recovered", "{:.3f}"),
+)
+
+
+def metrics_table(metrics: dict):
+    """The headline metrics as an HTML table (rows absent from `metrics` are skipped)."""
+    from IPython.display import HTML
+
+    rows = "".join(f"<tr><td style='text-align:left'>{label}</td><td>{fmt.format(metrics[key])}</td></tr>"
+                   for key, label, fmt in METRIC_ROWS if metrics.get(key) is not None)
+    return HTML(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")

@@ -139,7 +139,8 @@ class SAE(nn.Module):
             "activation_fn_str": "topk" if c.arch == "topk" else "relu",
             "activation_fn_kwargs": activation_kwargs,
             "model_name": meta.get("model"),
-            "hook_name": None if layer is None else f"blocks.{layer}.{HOOK_NAMES.get(site, site)}",
+            # SAE Lens needs a string here even when the layer is unknown
+            "hook_name": HOOK_NAMES.get(site, site) if layer is None else f"blocks.{layer}.{HOOK_NAMES.get(site, site)}",
             "hook_layer": layer,
             "hook_head_index": None,
             "context_size": meta.get("context_size", 128),
