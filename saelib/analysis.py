@@ -155,6 +155,7 @@ class TopFeatures:
     values: list[list[float]]
     n_active: list[int]  # per text: features whose max activation exceeds threshold
     labels: dict[int, str] = field(default_factory=dict)  # feature -> concept name, for display
+    ranking: str = "max activation"
 
     @property
     def active_fraction(self) -> list[float]:
@@ -165,14 +166,14 @@ class TopFeatures:
                 f"{len(self.features[i])} listed")
 
     def __repr__(self) -> str:
-        lines = [f"Top features (threshold {self.threshold:g}, top_k {self.top_k})"]
+        lines = [f"Top features (threshold {self.threshold:g}, top_k {self.top_k}, ranked by {self.ranking})"]
         for i, text in enumerate(self.texts):
             lines.append(f"{text!r}: {self.summary(i)}")
             lines += [f"    {feature_name(f, self.labels)}  {v:.3f}" for f, v in zip(self.features[i], self.values[i])]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        parts = [f"<b>Top features</b> (threshold {self.threshold:g}, top_k {self.top_k})"]
+        parts = [f"<b>Top features</b> (threshold {self.threshold:g}, top_k {self.top_k}, ranked by {self.ranking})"]
         for i, text in enumerate(self.texts):
             chips = " ".join(
                 f'<span style="display:inline-block;margin:1px 3px;padding:0 4px;border:1px solid #ccc;'
@@ -184,19 +185,39 @@ class TopFeatures:
         return "".join(parts)
 
 
+def check_density(density, d_sae: int) -> Tensor:
+    density = torch.as_tensor(density, dtype=torch.float32)
+    if density.shape != (d_sae,) or not torch.isfinite(density).all() or (density < 0).any():
+        raise ValueError(f"density must hold one firing frequency in [0, 1] per latent ({d_sae}), e.g. "
+                         "metrics['feature_density'] or feature_stats(...).density")
+    return density
+
+
 def top_features(acts: TextActivations, threshold: float = 0.0, top_k: int = 10,
-                 labels: ConceptLabels | dict[int, str] | None = None) -> TopFeatures:
-    """Per text: up to `top_k` features whose max activation exceeds `threshold`, strongest first."""
+                 labels: ConceptLabels | dict[int, str] | None = None, density=None) -> TopFeatures:
+    """Per text: up to `top_k` features whose max activation exceeds `threshold`, strongest first.
+
+    With `density` (each latent's firing frequency over the corpus), features are ranked by
+    activation x log(1/density) instead, as TF-IDF ranks words: a feature that fires on one token in
+    ten (a position, a full stop) yields to one that fires rarely, i.e. to what is specific to this text.
+    """
     threshold = check_threshold(threshold)
     top_k = check_top_k(top_k, acts.d_sae)
-    values, indices = acts.text_max.topk(top_k, dim=1)
+    scores, ranking = acts.text_max, "max activation"
+    if density is not None:
+        density = check_density(density, acts.d_sae)
+        floor = density[density > 0].min() if (density > 0).any() else 1.0  # never seen firing: as rare as the rarest
+        rarity = -torch.log(density.clamp(floor, 1.0))
+        scores, ranking = scores * rarity, "max activation x log(1/density)"
+    indices = scores.topk(top_k, dim=1).indices
+    values = acts.text_max.gather(1, indices)
     keep = values > threshold
     return TopFeatures(
         texts=acts.texts, threshold=threshold, top_k=top_k, d_sae=acts.d_sae,
         features=[indices[i][keep[i]].tolist() for i in range(len(acts.texts))],
         values=[values[i][keep[i]].tolist() for i in range(len(acts.texts))],
         n_active=(acts.text_max > threshold).sum(dim=1).tolist(),
-        labels=label_names(labels),
+        labels=label_names(labels), ranking=ranking,
     )
 
 
@@ -206,28 +227,18 @@ def active_fraction(acts: TextActivations, threshold: float = 0.0) -> Tensor:
     return (acts.text_max > threshold).float().mean(dim=1)
 
 
-def shared_counts(acts: TextActivations, top_k: int = 10, threshold: float = 0.0) -> Tensor:
+def shared_counts(acts: TextActivations, top_k: int = 10, threshold: float = 0.0, density=None) -> Tensor:
     """[n_texts, n_texts] how many features two texts' top-k sets share (diagonal: set sizes)."""
-    sets = [set(f) for f in top_features(acts, threshold, top_k).features]
+    sets = [set(f) for f in top_features(acts, threshold, top_k, density=density).features]
     return torch.tensor([[len(a & b) for b in sets] for a in sets])
 
 
-def overlap(acts: TextActivations, top_k: int = 10, threshold: float = 0.0) -> Tensor:
-    """[n_texts, n_texts] Jaccard overlap of the texts' top-k feature sets (0 = disjoint)."""
-    shared = shared_counts(acts, top_k, threshold).float()
-    sizes = shared.diagonal()
-    union = sizes[:, None] + sizes[None, :] - shared
-    return torch.where(union > 0, shared / union.clamp(min=1), torch.zeros_like(shared))
-
-
-def show_overlap(acts: TextActivations, top_k: int = 10, threshold: float = 0.0):
-    """Heatmap of `overlap`; the title gives the mean overlap between different texts."""
-    matrix = overlap(acts, top_k, threshold)
-    n = len(acts.texts)
-    off_diagonal = matrix[~torch.eye(n, dtype=torch.bool)]
-    mean = off_diagonal.mean().item() if n > 1 else float("nan")
-    return feature_plots.overlap_figure(matrix, acts.texts,
-                                        title=f"Top-{top_k} overlap (Jaccard), mean between texts {mean:.2f}")
+def show_overlap(acts: TextActivations, top_k: int = 10, threshold: float = 0.0, density=None):
+    """Heatmap of `shared_counts`; the title gives the most features any two texts share."""
+    shared = shared_counts(acts, top_k, threshold, density)
+    most = int(shared.triu(1).max()) if len(acts.texts) > 1 else 0
+    return feature_plots.overlap_figure(shared, acts.texts, vmax=top_k,
+                                        title=f"Features shared by two top-{top_k} sets (at most {most})")
 
 
 def _html(markup: str):

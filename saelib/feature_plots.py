@@ -76,19 +76,19 @@ def heatmap_html(tokens: list[str], features: list[int], values, labels: dict[in
     )
 
 
-def overlap_figure(matrix, names: list[str], title: str = "Overlap of top-k feature sets (Jaccard)") -> Figure:
-    """A text × text heatmap of set overlap; near-zero off the diagonal means distinct features."""
-    matrix = np.asarray(matrix, dtype=np.float32)
+def overlap_figure(shared, names: list[str], vmax: int, title: str) -> Figure:
+    """A text × text heatmap of shared feature counts; near-zero off the diagonal means distinct features."""
+    matrix = np.asarray(shared, dtype=np.float32)
     fig = new_figure((1.6 + 1.1 * len(names), 1.2 + 0.9 * len(names)))
     ax = fig.add_subplot()
-    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
+    image = ax.imshow(matrix, vmin=0.0, vmax=vmax, cmap="Blues")
     short = [n if len(n) <= 24 else n[:22] + "…" for n in names]
     ax.set_xticks(range(len(names)), short, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), short)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
-                    color="white" if matrix[i, j] > 0.6 else "black")
+            ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center",
+                    color="white" if matrix[i, j] > 0.6 * vmax else "black")
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

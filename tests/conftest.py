@@ -1,7 +1,6 @@
 """Tiny random LMs built from a config in code: tests never touch a model hub."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 from saelib.lm import LM  # noqa: E402
 

@@ -52,15 +52,27 @@ def test_top_features_threshold_skips_first_token_and_counts_active():
     assert torch.allclose(analysis.active_fraction(planted_acts([lat]), 1.0), torch.tensor([0.2]))
 
 
-def test_overlap_is_jaccard_of_top_sets():
+def test_shared_counts_of_top_sets():
     a, b, c = torch.zeros(3, 8), torch.zeros(3, 8), torch.zeros(3, 8)
     a[1, [0, 1]] = 1.0
     b[1, [1, 2]] = 1.0
     c[2, [5, 6]] = 1.0
-    matrix = analysis.overlap(planted_acts([a, b, c]), top_k=2)
-    assert torch.allclose(matrix, torch.tensor([[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]]))
+    shared = analysis.shared_counts(planted_acts([a, b, c]), top_k=2)
+    assert torch.equal(shared, torch.tensor([[2, 1, 0], [1, 2, 0], [0, 0, 2]]))
     fig = analysis.show_overlap(planted_acts([a, b, c]), top_k=2)
-    assert "0.11" in fig.axes[0].get_title()  # mean of the six off-diagonal entries: (2/3) / 6
+    assert "at most 1" in fig.axes[0].get_title()
+
+
+def test_density_ranking_prefers_rare_features():
+    lat = torch.zeros(2, 6)
+    lat[1, 0], lat[1, 1] = 3.0, 2.0  # feature 0 is stronger here but fires on half of all tokens
+    acts = planted_acts([lat])
+    assert analysis.top_features(acts, top_k=1).features == [[0]]
+    density = torch.tensor([0.5, 0.001, 0.01, 0.01, 0.01, 0.0])
+    ranked = analysis.top_features(acts, top_k=1, density=density)
+    assert ranked.features == [[1]] and ranked.values == [[2.0]] and "density" in repr(ranked)
+    with pytest.raises(ValueError, match="density"):
+        analysis.top_features(acts, top_k=1, density=torch.ones(3))
 
 
 def test_encode_texts_defaults_to_starter_sentences_and_views_render(tiny_llama, sae):
