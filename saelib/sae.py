@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -162,14 +163,21 @@ def load_sae(path: str | os.PathLike) -> SAE:
         path = path / "sae"
     if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
         raise ValueError(f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train")
-    cfg_dict = json.loads((path / CONFIG_FILE).read_text())
+    try:
+        cfg_dict = json.loads((path / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / CONFIG_FILE} is corrupt ({err}); train the SAE again") from err
     ours = dict(cfg_dict.get("saelib") or {})
     if "arch" not in ours:
         raise ValueError(f"{path / CONFIG_FILE} was not written by saelib (no 'saelib' block); "
                          "load it with sae_lens.SAE.load_from_disk instead")
     arch, k = ours.pop("arch"), ours.pop("k")
     sae = SAE(SAEConfig(cfg_dict["d_in"], cfg_dict["d_sae"], arch=arch, k=k), meta=ours)
-    sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    try:
+        sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    except (SafetensorError, OSError, RuntimeError) as err:  # truncated file, missing or misshapen tensors
+        raise ValueError(f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
+                         f"({str(err).splitlines()[0][:200]}); train the SAE again") from err
     return sae.eval()
 
 

@@ -98,3 +98,22 @@ def test_bad_configs_raise():
 def test_load_sae_missing_files(tmp_path):
     with pytest.raises(ValueError, match="No SAE at"):
         load_sae(tmp_path)
+
+
+def test_load_sae_corrupt_files_are_named(tmp_path):
+    random_sae("topk").save(tmp_path)
+    weights = tmp_path / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or does not match"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text("{truncated")
+    with pytest.raises(ValueError, match="cfg.json is corrupt"):
+        load_sae(tmp_path)
+
+
+def test_hook_name_is_a_string_without_a_layer(tmp_path):
+    """SAE Lens's loader fails on a null hook_name."""
+    sae = random_sae("relu")
+    sae.meta.pop("layer", None)
+    sae.save(tmp_path)
+    assert isinstance(json.loads((tmp_path / "cfg.json").read_text())["hook_name"], str)
