@@ -92,10 +92,13 @@ def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
     state = _TrainState(sae_cfg, cfg)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     ckpt_dir = run_dir / "checkpoints"
-    step = _load_checkpoint(ckpt_dir, sae, optimizer, state, cfg, d_in)
+    step, history = _load_checkpoint(ckpt_dir, sae, optimizer, state, cfg, d_in)
     if step is None:
-        step = 0
+        step, history = 0, []
         _initialise(sae, store, cfg, scale)
+    for entry in history:  # a resumed (or finished) run shows its curves from the start
+        if callback is not None:
+            callback(entry["step"], entry)
 
     bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"train {cfg.arch}", disable=not cfg.progress)
     running = _RunningStats()
@@ -119,11 +122,12 @@ def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
             running.add(stats)
             if step % cfg.log_every == 0 or step == total_steps:
                 logged = {**running.mean(), "dead_frac": state.dead_frac(), "lr": lr}
+                history.append({"step": step, **logged})
                 bar.set_postfix(fvu=f"{logged['fvu']:.3f}", l0=f"{logged['l0']:.1f}", dead=f"{logged['dead_frac']:.1%}")
                 if callback is not None:
                     callback(step, logged)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                _save_checkpoint(ckpt_dir, step, sae, optimizer, state, cfg, d_in)
+                _save_checkpoint(ckpt_dir, step, sae, optimizer, state, cfg, d_in, history)
             if step == total_steps:
                 break
     bar.close()
@@ -395,7 +399,7 @@ def _drop_parallel_grad(W_dec) -> None:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 def _save_checkpoint(ckpt_dir: Path, step: int, sae: SAE, optimizer, state: _TrainState, cfg: TrainConfig,
-                     d_in: int) -> None:
+                     d_in: int, history: list[dict]) -> None:
     """Write checkpoints/step-NNNNNNN as a temp folder renamed into place, then drop older ones."""
     for name, tensor in sae.state_dict().items():
         if not torch.isfinite(tensor).all():
@@ -407,7 +411,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, sae: SAE, optimizer, state: _Tra
         for key, value in entry.items():
             tensors[f"adam.{index}.{key}"] = value.detach().clone().contiguous()
     tensors.update({f"state.{name}": t.clone() for name, t in state.tensors().items()})
-    info = {"step": step, "d_in": d_in, "config": asdict(cfg)}
+    info = {"step": step, "d_in": d_in, "config": asdict(cfg), "history": history}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:07d}"
     tmp = ckpt_dir / f".tmp-step-{step:07d}"
@@ -424,11 +428,12 @@ def _save_checkpoint(ckpt_dir: Path, step: int, sae: SAE, optimizer, state: _Tra
 
 
 def _load_checkpoint(ckpt_dir: Path, sae: SAE, optimizer, state: _TrainState, cfg: TrainConfig,
-                     d_in: int) -> int | None:
-    """Restore the newest checkpoint into sae/optimizer/state and return its step (None if there is none)."""
+                     d_in: int) -> tuple[int | None, list[dict]]:
+    """Restore the newest checkpoint into sae/optimizer/state; return its step (None if there is none)
+    and the logged stats so far."""
     found = sorted(ckpt_dir.glob("step-*")) if ckpt_dir.exists() else []
     if not found:
-        return None
+        return None, []
     latest = found[-1]
     info = json.loads((latest / "state.json").read_text())
     if info["d_in"] != d_in:
@@ -448,4 +453,4 @@ def _load_checkpoint(ckpt_dir: Path, sae: SAE, optimizer, state: _TrainState, cf
             opt_state["state"][index] = entry
     optimizer.load_state_dict(opt_state)
     state.load({name[6:]: t for name, t in tensors.items() if name.startswith("state.")})
-    return info["step"]
+    return info["step"], info.get("history", [])

@@ -61,7 +61,9 @@ def test_resume_equals_uninterrupted(arch, planted, tmp_path):
     store, _ = planted
     settings = dict(arch=arch, expansion=2, batch_size=512, epochs=2, checkpoint_every=7, log_every=1,
                     dead_tokens=3000, progress=False)
-    full = train(store, tmp_path / "full", **settings)
+    full_log = []
+    full = train(store, tmp_path / "full", callback=lambda step, stats: full_log.append((step, stats["fvu"])),
+                 **settings)
 
     def interrupt(step, _stats):
         if step == 17:
@@ -70,9 +72,12 @@ def test_resume_equals_uninterrupted(arch, planted, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(store, tmp_path / "resumed", callback=interrupt, **settings)
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-0000014"]
-    resumed = train(store, tmp_path / "resumed", **settings)
+    resumed_log = []
+    resumed = train(store, tmp_path / "resumed", callback=lambda step, stats: resumed_log.append((step, stats["fvu"])),
+                    **settings)
     for name, tensor in full.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert resumed_log == full_log  # the curves of a resumed run start at step 1, as if never interrupted
 
 
 class NaNAfter:
