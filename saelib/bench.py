@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m saelib.bench collect` and `python -m saelib.bench train`.
+"""Benchmarks: `python -m saelib.bench collect`, `... train` and `... explorer`.
 
 Ratios are measured side by side in one process, because the machines are shared: each timing
 also records its CPU share (process CPU time / (wall time x cores)); a run that did not get all
@@ -103,12 +103,46 @@ def bench_collect(argv: list[str]) -> None:
         print("no clean run: every repeat lost CPU to other processes; rerun on a quiet machine")
 
 
+def bench_explorer(argv: list[str]) -> None:
+    """Slider redraw time of the Explorer on the demo SAE: the callback, from cached latents to new HTML."""
+    import statistics
+
+    from saelib.corpus import STARTER_SENTENCES
+    from saelib.lm import load_lm
+    from saelib.sae import load_sae
+    from saelib.widgets import Explorer
+
+    parser = argparse.ArgumentParser(prog="python -m saelib.bench explorer")
+    parser.add_argument("--run-dir", default="runs/demo")
+    parser.add_argument("--ticks", type=int, default=100)
+    args = parser.parse_args(argv)
+    sae = load_sae(Path(args.run_dir) / "sae")
+    lm = load_lm(sae.meta["model"])
+    explorer = Explorer(lm, sae, texts=list(STARTER_SENTENCES))
+    redraws = []
+    with timed(share := {}):
+        for tick in range(args.ticks):
+            if tick % 2:
+                explorer.threshold.value = (tick % 20) * explorer.threshold.max / 25
+            else:
+                explorer.top_k.value = 1 + (tick * 7) % explorer.top_k.max
+            redraws.append(explorer.last_redraw_ms)
+    explorer.text.value = "The cat sat on the mat.\nParis is the capital of France."
+    print(f"{args.ticks} slider ticks on {len(STARTER_SENTENCES)} texts, d_sae {sae.cfg.d_sae}: redraw median "
+          f"{statistics.median(redraws):.2f} ms, max {max(redraws):.2f} ms (goal < 100 ms); "
+          f"text box re-encode {explorer.last_encode_ms:.0f} ms; CPU share {share['cpu_share']:.2f} "
+          "(the callback is single-threaded: 0.5 is one full core of two)")
+
+
+COMMANDS = {"collect": bench_collect, "explorer": bench_explorer}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("collect", "train"):
-        sys.exit("usage: python -m saelib.bench collect|train [options]")
-    if argv[0] == "collect":
-        bench_collect(argv[1:])
+    if not argv or argv[0] not in (*COMMANDS, "train"):
+        sys.exit("usage: python -m saelib.bench collect|train|explorer [options]")
+    if argv[0] in COMMANDS:
+        COMMANDS[argv[0]](argv[1:])
     else:
         from saelib.bench_train import main as bench_train
 
