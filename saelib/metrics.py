@@ -28,33 +28,46 @@ DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as den
 
 @torch.no_grad()
 def reconstruction_metrics(sae: SAE, store, batch_size: int = 4096, progress: bool = True) -> dict:
-    """Stream the eval split once; all sums in float64 so small errors do not vanish."""
+    """Errors and L0 on the held-out eval split; firing density (dead, dense) over every stored token.
+
+    The eval split is ~5% of the store: a rare latent can miss it entirely, so "dead" means never
+    firing on any stored token. All sums are float64 so small errors do not vanish.
+    """
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     if store.d_model != d_in:
         raise ValueError(f"The SAE reads d_in={d_in} but the store holds d_model={store.d_model}; "
                          "evaluate it on activations from the model and layer it was trained on")
-    n = 0
+    n, n_all = 0, 0
     sum_x = torch.zeros(d_in, dtype=torch.float64)
     sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64) for _ in range(3))
     fire_counts = torch.zeros(d_sae, dtype=torch.float64)
-    for acts in tqdm(store.iter_batches(batch_size, shuffle=False, split="eval"), desc="eval", unit="batch",
-                     disable=not progress):
-        latents = sae.encode(acts)
-        recon = sae.decode(latents)
-        fired = latents > 0
-        n += len(acts)
-        sum_x += acts.double().sum(0)
-        sum_sq_x += acts.double().pow(2).sum()
-        sse += (recon - acts).double().pow(2).sum()
-        active += fired.sum()
-        fire_counts += fired.sum(0)
+    bar = tqdm(total=store.n_tokens, desc="eval", unit="tok", disable=not progress)
+    for shard in store.shards():
+        is_eval = store.split_mask(shard.doc, "eval")
+        for start in range(0, len(shard.acts), batch_size):
+            acts, eval_rows = shard.acts[start : start + batch_size], is_eval[start : start + batch_size]
+            latents = sae.encode(acts)
+            fire_counts += (latents > 0).sum(0)
+            n_all += len(acts)
+            bar.update(len(acts))
+            if not eval_rows.any():
+                continue
+            acts, latents = acts[eval_rows], latents[eval_rows]
+            recon = sae.decode(latents)
+            n += len(acts)
+            sum_x += acts.double().sum(0)
+            sum_sq_x += acts.double().pow(2).sum()
+            sse += (recon - acts).double().pow(2).sum()
+            active += (latents > 0).sum()
+    bar.close()
     if n == 0:
         raise ValueError(f"The store at {store.path} has no eval tokens (every 20th document is held out); "
                          "collect at least 20 documents")
     total_var = sum_sq_x - sum_x.pow(2).sum() / n
-    density = fire_counts / n
+    density = fire_counts / n_all
     return {
         "n_eval_tokens": n,
+        "n_density_tokens": n_all,
         "mse": (sse / (n * d_in)).item(),
         "fvu": (sse / total_var).item(),
         "l0": (active / n).item(),

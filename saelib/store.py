@@ -285,11 +285,12 @@ class ActivationStore:
         texts = [json.loads(line)["text"] for line in (self.path / "documents.jsonl").read_text().splitlines()]
         if split is None:
             return texts
-        keep = self._split_mask(torch.arange(len(texts)), split)
+        keep = self.split_mask(torch.arange(len(texts)), split)
         return [t for t, k in zip(texts, keep.tolist()) if k]
 
     @staticmethod
-    def _split_mask(doc: Tensor, split: str | None) -> Tensor:
+    def split_mask(doc: Tensor, split: str | None) -> Tensor:
+        """Which rows (by document index) belong to `split`."""
         if split is None:
             return torch.ones_like(doc, dtype=torch.bool)
         if split not in ("train", "eval"):
@@ -333,7 +334,7 @@ class ActivationStore:
             parts = [leftover]
             for i in order[g : g + group]:
                 shard = self.load_shard(i)
-                parts.append(shard.acts[self._split_mask(shard.doc, split)])
+                parts.append(shard.acts[self.split_mask(shard.doc, split)])
             pool = torch.cat(parts)
             if shuffle:
                 pool = pool[torch.randperm(len(pool), generator=gen)]

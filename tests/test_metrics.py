@@ -40,6 +40,19 @@ def test_reconstruction_metrics_of_identity_and_zero(tmp_path):
     assert metrics["l0"] == 0 and metrics["dead_frac"] == 1.0
 
 
+def test_density_counts_every_stored_token_errors_only_eval(tmp_path):
+    """A latent that fires only on training documents is rare, not dead; FVU stays held-out."""
+    acts = torch.zeros(64 * 40, 2)
+    acts[:, 1] = torch.randn(len(acts))
+    acts[64 * 3, 0] = 5.0  # row of document 3 (train split): latent 0 fires once
+    store = store_from_tensor(acts, tmp_path)
+    sae = identity_like_sae(2)
+    metrics = evaluate(sae, store, progress=False)
+    assert metrics["n_density_tokens"] == len(acts) and metrics["n_eval_tokens"] == 2 * 64  # docs 19 and 39
+    assert metrics["feature_density"][0] == pytest.approx(1 / len(acts))
+    assert metrics["dead_frac"] == pytest.approx(1 / 4)  # latent 2 (-x of column 0) never fires
+
+
 def test_downstream_ce_recovered_on_tiny_lm(tiny_llama, tmp_path):
     texts = [f"Sentence {i}: dogs run fast and cats sleep in the warm sun today." for i in range(40)]
     store = collect(tiny_llama, texts, tmp_path / "acts", layer=1, dtype="float32", progress=False)
