@@ -84,6 +84,7 @@ def collect(
     max_tokens_per_text: int = 128,
     dtype: str = "float16",
     drop_first_token: bool = True,
+    massive_ratio: float | None = 10.0,
     shard_tokens: int = 16384,
     batch_size: int = 16,
     corpus_spec: dict | str | None = None,
@@ -92,7 +93,9 @@ def collect(
     """Run `corpus` (texts or Documents) through `lm` and store activations at (layer, site).
 
     The first token of each text is an attention sink with a norm ~100x the rest; it would dominate
-    the SAE's MSE, so it is left out unless `drop_first_token=False`.
+    the SAE's MSE, so it is left out unless `drop_first_token=False`. A few other tokens carry such
+    "massive activations" too (a second sink, often at position 1): tokens whose norm exceeds
+    `massive_ratio` x the batch's median norm are left out as well (None keeps them).
     """
     layer = lm.resolve(layer, site)
     if dtype not in DTYPES:
@@ -111,6 +114,7 @@ def collect(
     settings = {
         "format_version": FORMAT_VERSION, "model": lm.name, "layer": layer, "site": site, "d_model": lm.d_model,
         "dtype": dtype, "max_tokens_per_text": max_tokens_per_text, "drop_first_token": drop_first_token,
+        "massive_ratio": massive_ratio,
         "shard_tokens": shard_tokens, "n_documents": len(docs), "documents_sha256": docs_hash,
         "corpus_spec": corpus_spec, "eval_split": f"document index % {EVAL_EVERY} == {EVAL_EVERY - 1}",
     }
@@ -143,7 +147,7 @@ def collect(
     start_time, n_new = time.perf_counter(), 0
     for shard_index in range(done, len(plan)):
         doc_start, doc_stop = plan[shard_index]
-        rows = _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, batch_size, bar)
+        rows = _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, massive_ratio, batch_size, bar)
         acts = rows["acts"].to(DTYPES[dtype])
         name = f"shard-{shard_index:05d}.safetensors"
         tmp = out / (name + ".tmp")
@@ -152,7 +156,7 @@ def collect(
         os.replace(tmp, out / name)
         n_new += len(acts)
         manifest["shards"].append({"file": name, "n_tokens": len(acts), "doc_start": doc_start, "doc_stop": doc_stop,
-                                   **_shard_stats(acts.float())})
+                                   "n_massive_dropped": rows["n_massive"], **_shard_stats(acts.float())})
         _write_json(manifest_path, manifest)
     bar.close()
     seconds = time.perf_counter() - start_time
@@ -187,24 +191,35 @@ def padded_batches(input_ids: list[list[int]], docs, batch_size: int, pad_id: in
         yield batch_docs, ids, mask
 
 
-def _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, batch_size, bar) -> dict:
+def massive_mask(norms: Tensor, ratio: float | None, reference: Tensor | None = None) -> Tensor:
+    """Tokens whose norm exceeds `ratio` x the median of `reference` (default: of `norms` themselves)."""
+    if ratio is None or norms.numel() == 0:
+        return torch.zeros_like(norms, dtype=torch.bool)
+    return norms > ratio * (norms if reference is None else reference).median()
+
+
+def _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, massive_ratio, batch_size, bar) -> dict:
     """Activations of documents [doc_start, doc_stop), in document order; batches sorted by length."""
-    per_doc = {}
+    per_doc, positions = {}, {}
     for batch_docs, ids, mask in padded_batches(input_ids, range(doc_start, doc_stop), batch_size,
                                                 lm.tokenizer.pad_token_id):
         acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site).cpu()
         if not torch.isfinite(acts).all():
             raise ValueError(f"The model produced NaN/inf activations at layer {layer} ({site}); "
                              "load it in float32 or pick another layer")
-        for row, i in enumerate(batch_docs):
-            per_doc[i] = acts[row, skip : len(input_ids[i])]
-            bar.update(len(per_doc[i]))
+        rows = [acts[row, skip : len(input_ids[i])] for row, i in enumerate(batch_docs)]
+        median_from = torch.cat(rows).norm(dim=1)
+        for i, doc_acts in zip(batch_docs, rows):
+            keep = ~massive_mask(doc_acts.norm(dim=1), massive_ratio, median_from)
+            per_doc[i], positions[i] = doc_acts[keep], torch.arange(skip, len(input_ids[i]))[keep]
+            bar.update(len(doc_acts))
     doc_ids = list(range(doc_start, doc_stop))
     return {
         "acts": torch.cat([per_doc[i] for i in doc_ids]) if doc_ids else torch.zeros(0, lm.d_model),
-        "token_ids": torch.cat([torch.tensor(input_ids[i][skip:], dtype=torch.int32) for i in doc_ids]),
+        "token_ids": torch.cat([torch.tensor(input_ids[i], dtype=torch.int32)[positions[i]] for i in doc_ids]),
         "doc": torch.cat([torch.full((len(per_doc[i]),), i, dtype=torch.int32) for i in doc_ids]),
-        "pos": torch.cat([torch.arange(skip, len(input_ids[i]), dtype=torch.int32) for i in doc_ids]),
+        "pos": torch.cat([positions[i] for i in doc_ids]).int(),
+        "n_massive": sum(len(input_ids[i]) - skip - len(positions[i]) for i in doc_ids),
     }
 
 

@@ -23,10 +23,13 @@ class Explorer:
     """Interactive view of which features fire on which tokens; see the module docstring."""
 
     def __init__(self, lm, sae, texts: Sequence[str] | None = None, threshold: float = 0.0, top_k: int = 10,
-                 labels: analysis.ConceptLabels | dict[int, str] | None = None, max_length: int = 128):
+                 labels: analysis.ConceptLabels | dict[int, str] | None = None, max_length: int = 128,
+                 density=None):
+        """`density` (per-latent firing frequency) ranks features by specificity, as `top_features` does."""
         self.lm, self.sae, self.max_length = lm, sae, max_length
         self.labels = analysis.label_names(labels)
         d_sae = analysis.d_sae_of(sae)
+        self.density = None if density is None else analysis.check_density(density, d_sae)
         analysis.check_threshold(threshold)
         analysis.check_top_k(top_k, d_sae)
         self.acts = analysis.encode_texts(lm, sae, texts, max_length)
@@ -83,7 +86,8 @@ class Explorer:
     def render(self) -> str:
         """The current view as HTML: per text its top features, active fraction and token heatmap,
         then every text coloured by the picked feature. Reads cached latents only."""
-        current = analysis.top_features(self.acts, self.threshold.value, self.top_k.value, self.labels)
+        current = analysis.top_features(self.acts, self.threshold.value, self.top_k.value, self.labels,
+                                        self.density)
         parts = [f"<b>threshold {current.threshold:.3g} · top k {current.top_k}</b>"]
         for i, text in enumerate(self.acts.texts):
             features = current.features[i]

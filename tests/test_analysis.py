@@ -353,3 +353,14 @@ def tiny_llama_store(lm, tmp_path):
 
     texts = [f"{a} {b}." for a, b in itertools.product(["Dogs run", "Cats sleep", "Cities grow"], ["fast", "today"])]
     return collect(lm, texts, tmp_path / "acts", layer=LAYER, shard_tokens=32, progress=False)
+
+
+def test_explorer_can_rank_by_specificity(tiny_llama, sae):
+    plain = widgets.Explorer(tiny_llama, sae, TEXTS, top_k=1)
+    strongest = analysis.top_features(plain.acts, top_k=1).features[0][0]
+    density = torch.full((analysis.d_sae_of(sae),), 0.001)
+    density[strongest] = 0.9  # fires everywhere: specificity ranking should pass it over
+    ranked = widgets.Explorer(tiny_llama, sae, TEXTS, top_k=1, density=density)
+    expected = analysis.top_features(ranked.acts, top_k=1, density=density).features[0][0]
+    assert expected != strongest
+    assert f"f{expected}" in ranked.render().split("<code>")[1]

@@ -126,3 +126,22 @@ def test_nan_activations_are_refused(tmp_path, tiny_llama, monkeypatch):
     with pytest.raises(ValueError, match="NaN"):
         collect(tiny_llama, TEXTS[:3], tmp_path, progress=False)
     assert not list(tmp_path.glob("shard-*"))
+
+
+def test_massive_activations_are_left_out_and_counted(tmp_path, tiny_llama, monkeypatch):
+    real_forward = tiny_llama.forward_to
+
+    def with_a_second_sink(ids, mask, layer, site):
+        acts = real_forward(ids, mask, layer, site).clone()
+        acts[:, 1] *= 1000.0  # position 1 becomes an attention sink, as in some real texts
+        return acts
+
+    monkeypatch.setattr(tiny_llama, "forward_to", with_a_second_sink)
+    store = collect(tiny_llama, TEXTS[:6], tmp_path / "dropped", layer=1, dtype="float32", progress=False)
+    kept = collect(tiny_llama, TEXTS[:6], tmp_path / "kept", layer=1, dtype="float32", massive_ratio=None,
+                   progress=False)
+    assert kept.n_tokens - store.n_tokens == 6 == sum(s["n_massive_dropped"] for s in store.manifest["shards"])
+    shard = next(store.shards())
+    assert 1 not in shard.pos.tolist() and shard.acts.norm(dim=1).max() < 10 * shard.acts.norm(dim=1).median()
+    ids, focus = store.context(shard.offset, before=0, after=0)
+    assert ids == [tiny_llama.tokenizer(TEXTS[0])["input_ids"][2]] and focus == 0
