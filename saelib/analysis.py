@@ -517,6 +517,13 @@ class ConceptLabels:
         labelled = self.feature_labels
         return list(dict.fromkeys(r.feature for r in order if r.feature in labelled))
 
+    def feature_of(self, concept: str) -> int:
+        """The feature chosen for `concept` (best held-out AUROC if several)."""
+        rows = [r for r in self.rows if r.concept == concept]
+        if not rows:
+            raise ValueError(f"Unknown concept {concept!r}; choose one of {sorted({r.concept for r in self.rows})}")
+        return max(rows, key=lambda r: r.test_auroc).feature
+
     def coverage(self, min_auroc: float = 0.9) -> float:
         """Fraction of concepts whose best feature reaches `min_auroc` on the held-out split."""
         best = {}
