@@ -11,7 +11,6 @@ activation in both interventions and its prediction is left out of every average
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelib.atomic import write_json
 from saelib.sae import SAE
 
 DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
@@ -144,9 +144,6 @@ def evaluate(sae: SAE, store, lm=None, texts: list[str] | None = None, run_dir: 
         texts = store.documents("eval") if texts is None else texts
         metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))
     if run_dir is not None:
-        path = Path(run_dir) / "metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, path)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(run_dir) / "metrics.json", metrics)
     return metrics

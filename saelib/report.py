@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from . import analysis
+from .atomic import write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }
@@ -82,7 +83,5 @@ def write_dashboard(run_dir: str | os.PathLike, lm, sae, store, features: Sequen
     )
     out = Path(run_dir) / "report" / "dashboard.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, page)
     return out

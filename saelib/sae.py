@@ -21,7 +21,7 @@ import copy
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -106,7 +106,9 @@ class SAE(nn.Module):
         return out
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-        """Write cfg.json + sae_weights.safetensors (SAE Lens layout), each to a temp name then renamed."""
+        """Write cfg.json + sae_weights.safetensors (SAE Lens layout), each to a temp name then renamed.
+
+        (Not via saelib.atomic: this module must import alone, see scripts/check_saelens.py.)"""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, **(metadata or {})}

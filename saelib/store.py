@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from saelib.atomic import save_tensors, write_json, write_text
 
 FORMAT_VERSION = 1
 EVAL_EVERY = 20  # documents whose index % 20 == 19 form the eval split
@@ -33,17 +35,6 @@ class Shard:
     doc: Tensor  # [n] int64, index into the store's documents
     pos: Tensor  # [n] int64, token position in its document
     offset: int  # global row index of the first row
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write to a temp name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _write_text(path, json.dumps(data, indent=1))
 
 
 def _doc_text(doc) -> str:
@@ -131,7 +122,7 @@ def collect(
         manifest["shards"] = previous["shards"]
     docs_path = out / "documents.jsonl"
     if not docs_path.exists():
-        _write_text(docs_path, "".join(json.dumps(r) + "\n" for r in records))
+        write_text(docs_path, "".join(json.dumps(r) + "\n" for r in records))
 
     input_ids = lm.tokenizer(texts, truncation=True, max_length=max_tokens_per_text)["input_ids"]
     skip = 1 if drop_first_token else 0
@@ -150,14 +141,12 @@ def collect(
         rows = _run_shard(lm, input_ids, doc_start, doc_stop, layer, site, skip, massive_ratio, batch_size, bar)
         acts = rows["acts"].to(DTYPES[dtype])
         name = f"shard-{shard_index:05d}.safetensors"
-        tmp = out / (name + ".tmp")
-        save_file({"acts": acts.contiguous(), "token_ids": rows["token_ids"], "doc": rows["doc"], "pos": rows["pos"]},
-                  str(tmp))
-        os.replace(tmp, out / name)
+        save_tensors({"acts": acts.contiguous(), "token_ids": rows["token_ids"], "doc": rows["doc"], "pos": rows["pos"]},
+                     out / name)
         n_new += len(acts)
         manifest["shards"].append({"file": name, "n_tokens": len(acts), "doc_start": doc_start, "doc_stop": doc_stop,
                                    "n_massive_dropped": rows["n_massive"], **_shard_stats(acts.float())})
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     bar.close()
     seconds = time.perf_counter() - start_time
 
@@ -171,7 +160,7 @@ def collect(
         mean_norm=sum(s["sum_norm"] for s in shards) / n_tokens,
         mean_sq_norm=sum(s["sum_sq_norm"] for s in shards) / n_tokens,
     )
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     store = ActivationStore(out)
     store.collect_seconds, store.collected_tokens = seconds, n_new
     return store
@@ -239,17 +228,16 @@ def store_from_tensor(acts: Tensor, out_dir, shard_tokens: int = 16384, model_na
         chunk = acts[start : start + shard_tokens].float().contiguous()
         idx = rows[start : start + shard_tokens]
         name = f"shard-{i:05d}.safetensors"
-        save_file({"acts": chunk, "token_ids": torch.zeros(len(chunk), dtype=torch.int32),
-                   "doc": (idx // 64).int(), "pos": (idx % 64).int()}, str(out / (name + ".tmp")))
-        os.replace(out / (name + ".tmp"), out / name)
+        save_tensors({"acts": chunk, "token_ids": torch.zeros(len(chunk), dtype=torch.int32),
+                      "doc": (idx // 64).int(), "pos": (idx % 64).int()}, out / name)
         manifest["shards"].append({"file": name, "n_tokens": len(chunk), "doc_start": int(idx[0] // 64),
                                    "doc_stop": int(idx[-1] // 64) + 1, **_shard_stats(chunk)})
     docs = "".join(json.dumps({"text": f"synthetic document {i}"}) + "\n" for i in range(manifest["n_documents"]))
-    _write_text(out / "documents.jsonl", docs)
+    write_text(out / "documents.jsonl", docs)
     norms = acts.double().norm(dim=1)
     manifest.update(complete=True, n_tokens=n, mean=acts.double().mean(0).tolist(),
                     mean_norm=norms.mean().item(), mean_sq_norm=(norms**2).mean().item())
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return ActivationStore(out)
 
 
@@ -312,6 +300,14 @@ class ActivationStore:
             raise ValueError(f"split must be 'train', 'eval' or None, not {split!r}")
         is_eval = doc % EVAL_EVERY == EVAL_EVERY - 1
         return is_eval if split == "eval" else ~is_eval
+
+    def count_tokens(self, split: str | None) -> int:
+        """Rows in `split`, reading only each shard's small `doc` column."""
+        total = 0
+        for entry in self.manifest["shards"]:
+            with safe_open(str(self.path / entry["file"]), framework="pt") as shard:
+                total += int(self.split_mask(shard.get_tensor("doc").long(), split).sum())
+        return total
 
     def load_shard(self, index: int) -> Shard:
         entry = self.manifest["shards"][index]

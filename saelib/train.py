@@ -79,7 +79,7 @@ def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
     sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, arch=cfg.arch, k=cfg.k)
     run_dir = Path(run_dir)
     scale = math.sqrt(d_in / store.mean_sq_norm)
-    n_train = sum(len(batch) for batch in store.iter_batches(65536, shuffle=False, split="train"))
+    n_train = store.count_tokens("train")
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"The store's train split has {n_train} tokens, fewer than batch_size={cfg.batch_size}; "

@@ -1,6 +1,5 @@
 """The three notebooks run headlessly with papermill on the real bundled model, with small settings."""
 import json
-import os
 
 import nbformat
 import papermill

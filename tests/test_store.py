@@ -78,6 +78,7 @@ def test_batches_cover_the_split_once_and_are_deterministic(tmp_path):
     n_train = sum(len(b) for b in store.iter_batches(64, split="train"))
     n_eval = sum(len(b) for b in store.iter_batches(64, split="eval"))
     assert n_train + n_eval == 2000 and n_eval > 0
+    assert (store.count_tokens("train"), store.count_tokens("eval"), store.count_tokens(None)) == (n_train, n_eval, 2000)
 
 
 def test_documents_and_context(tmp_path, tiny_llama):
