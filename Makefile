@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum 
 RUN_DIR ?= runs/demo
 PAPERMILL := $(BIN)/papermill --cwd . --log-output --request-save-on-cell-execute --progress-bar
 
-.PHONY: setup chromium demo test lab clean
+.PHONY: setup chromium demo test lint format lab clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,14 @@ demo: setup
 
 test: setup chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(BIN)/ruff check saelib tests scripts
+	$(BIN)/ruff format --check saelib tests scripts
+
+format: setup
+	$(BIN)/ruff check --fix saelib tests scripts
+	$(BIN)/ruff format saelib tests scripts
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -1,4 +1,5 @@
-"""Tiny random LMs built from a config in code: tests never touch a model hub."""
+"""Shared builders: tiny random LMs from a config in code (tests never touch a model hub), random and
+identity SAEs, small stores."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from saelib.lm import LM  # noqa: E402
+from saelib.sae import SAE, SAEConfig  # noqa: E402
 
 TRAINING_TEXT = [
     "Dogs are man's best friend. Cats sleep all day in the sun.",
@@ -75,3 +77,30 @@ def tiny_neox() -> LM:
 @pytest.fixture(scope="session")
 def tiny_gpt2() -> LM:
     return make_tiny_lm("gpt2")
+
+
+def random_sae(arch: str = "topk", d_in: int = 12, d_sae: int = 40, k: int = 5, seed: int = 0,
+               scale: float = 0.5, b_enc: float | None = None, layer: int = 2, site: str = "resid") -> SAE:
+    """An SAE with Gaussian weights (std `scale`); `b_enc` fills the encoder bias instead (e.g. -1 so a
+    ReLU SAE stays sparse); thresholds uniform in [0, 0.3]."""
+    gen = torch.Generator().manual_seed(seed)
+    sae = SAE(SAEConfig(d_in, d_sae, arch=arch, k=k), meta={"model": "tiny", "layer": layer, "site": site})
+    with torch.no_grad():
+        for param in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            param.copy_(torch.randn(param.shape, generator=gen) * scale)
+        if b_enc is not None:
+            sae.b_enc.fill_(b_enc)
+        if arch in ("jumprelu", "batchtopk"):
+            sae.threshold.copy_(torch.rand(d_sae, generator=gen) * 0.3)
+    return sae.eval()
+
+
+def identity_sae(d: int, arch: str = "relu", signed: bool = False, layer: int = 1) -> SAE:
+    """Latent j of a row is relu(x_j); with `signed`, latents +x and -x in two halves reconstruct any x."""
+    eye = torch.eye(d)
+    W_enc, W_dec = (torch.cat([eye, -eye], dim=1), torch.cat([eye, -eye], dim=0)) if signed else (eye, eye)
+    sae = SAE(SAEConfig(d, W_enc.shape[1], arch=arch, k=d), meta={"model": "tiny", "layer": layer, "site": "resid"})
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.W_dec.copy_(W_dec)
+    return sae.eval()
