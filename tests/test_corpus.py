@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from saelib.corpus import (STARTER_SENTENCES, Document, _prose_chunks, concepts_path, corpus_stats, load_concepts,
+from saelib.corpus import (STARTER_SENTENCES, Document, concepts_path, corpus_stats, load_concepts,
                            load_corpus)
 
 
@@ -45,7 +45,7 @@ def test_prose_chunks_strip_markup_and_split():
     text = ("The loop\n********\n\nThe *iterable* is evaluated once [1]. It yields items. Then more.\n"
             "And more. And the fifth sentence ends here.\n\n   for x in y:\n       pass\n\n"
             "+----+----+\n| a  | b  |\n+----+----+\n\n* A bullet point that is long enough to be kept here.")
-    chunks = _prose_chunks(text)
+    chunks = prose_chunks(text)
     assert chunks == ["The iterable is evaluated once. It yields items. Then more. And more.",
                       "A bullet point that is long enough to be kept here."]
 
