@@ -20,7 +20,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.atomic import save_tensors, write_json, write_jsonl
+from saelib.corpus import Document
 from saelib.errors import BadArgument, BadFile
+from saelib.lm import LM
 from saelib.store import DOCUMENTS_FILE, EVAL_EVERY, MANIFEST_FILE, ActivationStore
 
 FORMAT_VERSION = 1
@@ -28,11 +30,11 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 TENSOR_DOC_ROWS = 64  # store_from_tensor cuts its rows into documents of this many
 
 
-def _doc_text(doc) -> str:
+def _doc_text(doc: str | Document) -> str:
     return doc if isinstance(doc, str) else doc.text
 
 
-def _doc_record(doc) -> dict:
+def _doc_record(doc: str | Document) -> dict:
     if isinstance(doc, str):
         return {"text": doc}
     return {"text": doc.text, "source": doc.source, "concept": doc.concept}
@@ -108,8 +110,8 @@ def _resume_manifest(out: Path, settings: dict, plan: list[tuple[int, int]]) -> 
 
 
 def collect(
-    lm,
-    corpus: Sequence,
+    lm: LM,
+    corpus: Sequence[str | Document],
     out_dir: str | os.PathLike,
     layer: int | None = None,
     site: str = "resid",
