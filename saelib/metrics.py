@@ -9,6 +9,7 @@ KL(clean || spliced) and CE-loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_
 The first token of each text is an attention sink the SAE never trained on: it keeps its original
 activation in both interventions and its prediction is left out of every average.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,13 +22,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.atomic import write_json
+from saelib.errors import BadArgument
+from saelib.lm import LM
 from saelib.sae import SAE
+from saelib.store import ActivationStore
 
 DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SAE, store, batch_size: int = 4096, progress: bool = True) -> dict:
+def reconstruction_metrics(
+    sae: SAE, store: ActivationStore, batch_size: int = 4096, progress: bool = True
+) -> dict:
     """Errors and L0 on the held-out eval split; firing density (dead, dense) over every stored token.
 
     The eval split is ~5% of the store: a rare latent can miss it entirely, so "dead" means never
@@ -35,8 +41,10 @@ def reconstruction_metrics(sae: SAE, store, batch_size: int = 4096, progress: bo
     """
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     if store.d_model != d_in:
-        raise ValueError(f"The SAE reads d_in={d_in} but the store holds d_model={store.d_model}; "
-                         "evaluate it on activations from the model and layer it was trained on")
+        raise BadArgument(
+            f"The SAE reads d_in={d_in} but the store holds d_model={store.d_model}; "
+            "evaluate it on activations from the model and layer it was trained on"
+        )
     n, n_all = 0, 0
     sum_x = torch.zeros(d_in, dtype=torch.float64)
     sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64) for _ in range(3))
@@ -61,8 +69,10 @@ def reconstruction_metrics(sae: SAE, store, batch_size: int = 4096, progress: bo
             active += (latents > 0).sum()
     bar.close()
     if n == 0:
-        raise ValueError(f"The store at {store.path} has no eval tokens (every 20th document is held out); "
-                         "collect at least 20 documents")
+        raise BadArgument(
+            f"The store at {store.path} has no eval tokens (every 20th document is held out); "
+            "collect at least 20 documents"
+        )
     total_var = sum_sq_x - sum_x.pow(2).sum() / n
     density = fire_counts / n_all
     return {
@@ -84,13 +94,21 @@ def log10_density(metrics: dict) -> tuple[list[float], int]:
 
 
 @torch.no_grad()
-def downstream_metrics(sae: SAE, lm, texts: list[str], layer: int, site: str, batch_size: int = 8,
-                       max_length: int = 128, progress: bool = True) -> dict:
+def downstream_metrics(
+    sae: SAE,
+    lm: LM,
+    texts: list[str],
+    layer: int,
+    site: str,
+    batch_size: int = 8,
+    max_length: int = 128,
+    progress: bool = True,
+) -> dict:
     """CE clean / with the SAE spliced in / zero-ablated, KL(clean || spliced), CE-loss recovered."""
     if not texts:
-        raise ValueError("Pass at least one held-out text for the downstream metrics")
+        raise BadArgument("Pass at least one held-out text for the downstream metrics")
     if lm.d_model != sae.cfg.d_in:
-        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but {lm.name} has d_model={lm.d_model}")
+        raise BadArgument(f"The SAE reads d_in={sae.cfg.d_in} but {lm.name} has d_model={lm.d_model}")
 
     def splice(acts: Tensor) -> Tensor:
         out = acts.clone()
@@ -104,7 +122,9 @@ def downstream_metrics(sae: SAE, lm, texts: list[str], layer: int, site: str, ba
 
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0}
     n_predictions = 0
-    for start in tqdm(range(0, len(texts), batch_size), desc="downstream", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(texts), batch_size), desc="downstream", unit="batch", disable=not progress
+    ):
         batch = lm.tokenize(texts[start : start + batch_size], max_length=max_length)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         # predictions made at positions 1..T-2 of real tokens; position 0 is the attention sink
@@ -123,7 +143,7 @@ def downstream_metrics(sae: SAE, lm, texts: list[str], layer: int, site: str, ba
         sums["kl_sae"] += F.kl_div(spliced, clean, log_target=True, reduction="sum").item()
         n_predictions += len(targets)
     if n_predictions == 0:
-        raise ValueError("The texts are too short: each needs at least 3 tokens")
+        raise BadArgument("The texts are too short: each needs at least 3 tokens")
     out = {key: value / n_predictions for key, value in sums.items()}
     gap = out["ce_zero"] - out["ce_clean"]
     # None when zero-ablation does not hurt (a random LM): there is nothing to recover
@@ -132,14 +152,24 @@ def downstream_metrics(sae: SAE, lm, texts: list[str], layer: int, site: str, ba
     return out
 
 
-def evaluate(sae: SAE, store, lm=None, texts: list[str] | None = None, run_dir: str | os.PathLike | None = None,
-             progress: bool = True) -> dict:
+def evaluate(
+    sae: SAE,
+    store: ActivationStore,
+    lm: LM | None = None,
+    texts: list[str] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
     """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given.
 
     `texts` defaults to the store's eval documents. Writes run_dir/metrics.json when run_dir is given.
     """
-    metrics = {"arch": sae.cfg.arch, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-               **reconstruction_metrics(sae, store, progress=progress)}
+    metrics = {
+        "arch": sae.cfg.arch,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        **reconstruction_metrics(sae, store, progress=progress),
+    }
     if lm is not None:
         texts = store.documents("eval") if texts is None else texts
         metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))

@@ -1,8 +1,10 @@
 """LM loading, hooks and truncated forwards on tiny random models (plus one test on the real model)."""
+
 import pytest
 import torch
-
 from conftest import make_tiny_lm
+
+from saelib.errors import BadArgument
 from saelib.lm import load_lm
 
 TEXTS = ["Dogs are man's best friend.", "London is a major city with many parks and old streets."]
@@ -36,7 +38,7 @@ def test_forward_stops_after_the_hooked_layer(arch):
 
 @pytest.mark.parametrize("site", ["mlp_out", "attn_out"])
 def test_component_sites_sum_into_the_residual(tiny_llama, site):
-    """For a sequential block: resid_out = resid_in + attn_out + mlp_out, so each site is a real part of it."""
+    """For a sequential block: resid_out = resid_in + attn_out + mlp_out: each site is a real part of it."""
     lm = tiny_llama
     batch = lm.tokenize(TEXTS)
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -69,22 +71,24 @@ def test_hooked_replaces_the_activation_and_is_removed(tiny_llama):
     torch.testing.assert_close(clean, again)
 
 
-@pytest.mark.parametrize("layer,site,match", [(99, "resid", "out of range"), (-1, "resid", "out of range"),
-                                              (1, "embed", "Unknown site")])
+@pytest.mark.parametrize(
+    "layer,site,match",
+    [(99, "resid", "out of range"), (-1, "resid", "out of range"), (1, "embed", "Unknown site")],
+)
 def test_bad_layer_or_site(tiny_llama, layer, site, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(BadArgument, match=match):
         tiny_llama.activations(TEXTS, layer=layer, site=site)
 
 
 def test_empty_text_is_rejected(tiny_llama):
-    with pytest.raises(ValueError, match="Empty text"):
+    with pytest.raises(BadArgument, match="Empty text"):
         tiny_llama.activations(["fine", "  "])
 
 
 @pytest.mark.parametrize("offline", ["1", "0"])
 def test_unknown_model_fails_fast_with_a_clear_message(monkeypatch, offline):
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-    with pytest.raises(ValueError, match='load_lm\\("default"\\)'):
+    with pytest.raises(BadArgument, match='load_lm\\("default"\\)'):
         load_lm("no-such-org/no-such-model-xyz")
 
 
@@ -93,6 +97,7 @@ def test_local_directory_loads(tmp_path, tiny_gpt2):
     tiny_gpt2.tokenizer.save_pretrained(tmp_path)
     lm = load_lm(str(tmp_path))
     assert lm.n_layers == tiny_gpt2.n_layers and lm.d_model == tiny_gpt2.d_model
+    assert lm.load_seconds > 0 and tiny_gpt2.load_seconds is None  # built in code, not loaded
 
 
 def test_real_bundled_model():

@@ -1,30 +1,21 @@
-"""Metrics: reconstruction sanity on synthetic stores, downstream CE on the tiny LM, plots render."""
+"""Metrics: reconstruction sanity on synthetic stores, downstream CE on the tiny LM, bad input."""
+
 import json
 
-import matplotlib
 import pytest
 import torch
+from conftest import identity_sae
 
-from saelib.metrics import evaluate
-from saelib.plots import LiveCurves, density_histogram, frontier_plot, norm_histogram
+from saelib.collect import collect, store_from_tensor
+from saelib.errors import BadArgument
+from saelib.metrics import evaluate, log10_density
 from saelib.sae import SAE, SAEConfig
-from saelib.store import collect, store_from_tensor
-
-
-def identity_like_sae(d_in: int, arch: str = "relu") -> SAE:
-    """Latents +x and -x in separate halves: reconstructs any input exactly."""
-    sae = SAE(SAEConfig(d_in, 2 * d_in, arch=arch, k=d_in))
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return sae
 
 
 def test_reconstruction_metrics_of_identity_and_zero(tmp_path):
     acts = torch.randn(3000, 16) * 4 + 2
     store = store_from_tensor(acts, tmp_path / "acts")
-    metrics = evaluate(identity_like_sae(16), store, run_dir=tmp_path, progress=False)
+    metrics = evaluate(identity_sae(16, signed=True), store, run_dir=tmp_path, progress=False)
     assert metrics["fvu"] < 1e-10 and metrics["mse"] < 1e-10
     assert 15 < metrics["l0"] < 17  # half the latents fire on each token
     assert metrics["dead_frac"] == 0 and metrics["dense_frac"] == 1.0
@@ -46,7 +37,7 @@ def test_density_counts_every_stored_token_errors_only_eval(tmp_path):
     acts[:, 1] = torch.randn(len(acts))
     acts[64 * 3, 0] = 5.0  # row of document 3 (train split): latent 0 fires once
     store = store_from_tensor(acts, tmp_path)
-    sae = identity_like_sae(2)
+    sae = identity_sae(2, signed=True)
     metrics = evaluate(sae, store, progress=False)
     assert metrics["n_density_tokens"] == len(acts) and metrics["n_eval_tokens"] == 2 * 64  # docs 19 and 39
     assert metrics["feature_density"][0] == pytest.approx(1 / len(acts))
@@ -56,7 +47,7 @@ def test_density_counts_every_stored_token_errors_only_eval(tmp_path):
 def test_downstream_ce_recovered_on_tiny_lm(tiny_llama, tmp_path):
     texts = [f"Sentence {i}: dogs run fast and cats sleep in the warm sun today." for i in range(40)]
     store = collect(tiny_llama, texts, tmp_path / "acts", layer=1, dtype="float32", progress=False)
-    metrics = evaluate(identity_like_sae(tiny_llama.d_model), store, lm=tiny_llama, progress=False)
+    metrics = evaluate(identity_sae(tiny_llama.d_model, signed=True), store, lm=tiny_llama, progress=False)
     assert metrics["ce_sae"] == pytest.approx(metrics["ce_clean"], abs=1e-4)
     assert metrics["kl_sae"] == pytest.approx(0, abs=1e-4)
     assert metrics["ce_zero"] != pytest.approx(metrics["ce_clean"], abs=1e-3)
@@ -69,17 +60,21 @@ def test_downstream_ce_recovered_on_tiny_lm(tiny_llama, tmp_path):
     assert zeroed["kl_sae"] > 0
 
 
-def test_plots_render(tmp_path):
-    store = store_from_tensor(torch.randn(2000, 8), tmp_path / "acts")
-    metrics = evaluate(identity_like_sae(8), store, progress=False)
-    metrics["feature_density"][0] = 0.0
-    curves = LiveCurves(min_seconds=0)
-    for step in range(1, 4):
-        curves(step, {"loss": 1 / step, "fvu": 0.5 / step, "l0": 30.0, "dead_frac": 0.01, "lr": 1e-3, "mse": 0.1})
-    figures = [curves.close(), density_histogram(metrics),
-               frontier_plot(metrics, reference_points=[{"l0": 20, "fvu": 0.3, "label": "ref"}]),
-               norm_histogram(store)]
-    for fig in figures:
-        assert isinstance(fig, matplotlib.figure.Figure) and fig.axes
-        fig.savefig(tmp_path / "fig.png")
-    assert "never fired" in figures[1].axes[0].get_title()
+def test_log10_density_counts_the_latents_that_never_fired():
+    assert log10_density({"feature_density": [0.1, 0.0, 0.001, 0.0]}) == ([-1.0, -3.0], 2)
+
+
+def test_mismatched_or_too_small_inputs_name_the_fix(tmp_path, tiny_llama):
+    store = store_from_tensor(torch.randn(640, 8), tmp_path / "small")  # 10 documents: no eval split
+    with pytest.raises(BadArgument, match="no eval tokens.*at least 20 documents"):
+        evaluate(identity_sae(8, signed=True), store, progress=False)
+    with pytest.raises(BadArgument, match="d_in=6 but the store holds d_model=8"):
+        evaluate(identity_sae(6, signed=True), store, progress=False)
+    with pytest.raises(BadArgument, match="at least one held-out text"):
+        evaluate(
+            identity_sae(8, signed=True),
+            store_from_tensor(torch.randn(2000, 8), tmp_path / "big"),
+            lm=tiny_llama,
+            texts=[],
+            progress=False,
+        )

@@ -1,0 +1,294 @@
+"""Write side of an activation store: run texts through the LM and save activations shard by shard.
+
+Collection writes one shard at a time (temp name, then rename) and records it in the manifest, so
+an interrupted run resumes at the next shard and ends with shard files byte-identical to an
+uninterrupted run's. Each shard's manifest entry keeps the seconds spent computing and writing it;
+`ActivationStore.collect_seconds` adds them up, so a resumed store still reports its whole cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saelib.atomic import save_tensors, write_json, write_jsonl
+from saelib.corpus import Document
+from saelib.errors import BadArgument, BadFile
+from saelib.lm import LM
+from saelib.store import DOCUMENTS_FILE, EVAL_EVERY, MANIFEST_FILE, ActivationStore
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+TENSOR_DOC_ROWS = 64  # store_from_tensor cuts its rows into documents of this many
+
+
+def _doc_text(doc: str | Document) -> str:
+    return doc if isinstance(doc, str) else doc.text
+
+
+def _doc_record(doc: str | Document) -> dict:
+    if isinstance(doc, str):
+        return {"text": doc}
+    return {"text": doc.text, "source": doc.source, "concept": doc.concept}
+
+
+def _plan_shards(lengths: list[int], shard_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive document ranges [start, stop) holding about `shard_tokens` stored tokens each."""
+    plan, start, count = [], 0, 0
+    for i, n in enumerate(lengths):
+        count += n
+        if count >= shard_tokens:
+            plan.append((start, i + 1))
+            start, count = i + 1, 0
+    if start < len(lengths):
+        plan.append((start, len(lengths)))
+    return plan
+
+
+def _save_shard(out: Path, index: int, columns: dict[str, Tensor], started: float, placement: dict) -> dict:
+    """Write shard `index`; its manifest entry holds the sums the store's statistics are made from and
+    the seconds since `started`."""
+    name = f"shard-{index:05d}.safetensors"
+    save_tensors(columns, out / name)
+    acts = columns["acts"].double()
+    norms = acts.norm(dim=1)
+    return {
+        "file": name,
+        "n_tokens": len(acts),
+        **placement,
+        "sum": acts.sum(0).tolist(),
+        "sum_norm": norms.sum().item(),
+        "sum_sq_norm": (norms**2).sum().item(),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _finish(manifest: dict) -> None:
+    """Mark the manifest complete, with the statistics of all its shards."""
+    shards = manifest["shards"]
+    n_tokens = sum(s["n_tokens"] for s in shards)
+    if n_tokens == 0:
+        raise BadArgument("No tokens collected: every text was a single token; use longer texts")
+    manifest.update(
+        complete=True,
+        n_tokens=n_tokens,
+        mean=(torch.tensor([s["sum"] for s in shards], dtype=torch.float64).sum(0) / n_tokens).tolist(),
+        mean_norm=sum(s["sum_norm"] for s in shards) / n_tokens,
+        mean_sq_norm=sum(s["sum_sq_norm"] for s in shards) / n_tokens,
+    )
+
+
+def _resume_manifest(out: Path, settings: dict, plan: list[tuple[int, int]]) -> dict:
+    """A fresh manifest, or the one an earlier run with the same settings left, keeping its shards."""
+    manifest = {**settings, "complete": False, "shards": []}
+    path = out / MANIFEST_FILE
+    if not path.exists():
+        return manifest
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadFile(f"{path} is corrupt ({err}); delete {out} and collect again") from err
+    changed = [key for key in settings if previous.get(key) != settings[key]]
+    if changed:
+        raise BadFile(
+            f"{out} already holds a collection made with different settings ({', '.join(changed)}); "
+            "pick another out_dir or delete this one"
+        )
+    for i, entry in enumerate(previous["shards"]):
+        if (entry["doc_start"], entry["doc_stop"]) != plan[i] or not (out / entry["file"]).exists():
+            raise BadFile(f"{out} is inconsistent (shard {i}); delete it and collect again")
+    manifest["shards"] = previous["shards"]
+    return manifest
+
+
+def collect(
+    lm: LM,
+    corpus: Sequence[str | Document],
+    out_dir: str | os.PathLike,
+    layer: int | None = None,
+    site: str = "resid",
+    max_tokens_per_text: int = 128,
+    dtype: str = "float16",
+    drop_first_token: bool = True,
+    massive_ratio: float | None = 10.0,
+    shard_tokens: int = 16384,
+    batch_size: int = 16,
+    corpus_spec: dict | str | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Run `corpus` (texts or Documents) through `lm` and store activations at (layer, site).
+
+    The first token of each text is an attention sink with a norm ~100x the rest; it would dominate
+    the SAE's MSE, so it is left out unless `drop_first_token=False`. A few other tokens carry such
+    "massive activations" too (a second sink, often at position 1): tokens whose norm exceeds
+    `massive_ratio` x the batch's median norm are left out as well (None keeps them).
+    """
+    layer = lm.resolve(layer, site)
+    if dtype not in DTYPES:
+        raise BadArgument(f"dtype {dtype!r} not supported; use one of {list(DTYPES)}")
+    docs = list(corpus)
+    if not docs:
+        raise BadArgument("Empty corpus: pass at least one text (e.g. saelib.load_corpus('builtin'))")
+    texts = [_doc_text(d) for d in docs]
+    if any(not t or not t.strip() for t in texts):
+        raise BadArgument("The corpus contains empty texts; drop them before collecting")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    records = [_doc_record(d) for d in docs]
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "model": lm.name,
+        "layer": layer,
+        "site": site,
+        "d_model": lm.d_model,
+        "dtype": dtype,
+        "max_tokens_per_text": max_tokens_per_text,
+        "drop_first_token": drop_first_token,
+        "massive_ratio": massive_ratio,
+        "shard_tokens": shard_tokens,
+        "n_documents": len(docs),
+        "documents_sha256": hashlib.sha256(json.dumps(records).encode()).hexdigest(),
+        "corpus_spec": corpus_spec,
+        "eval_split": f"document index % {EVAL_EVERY} == {EVAL_EVERY - 1}",
+    }
+    input_ids = lm.tokenizer(texts, truncation=True, max_length=max_tokens_per_text)["input_ids"]
+    skip = 1 if drop_first_token else 0
+    kept = [max(len(ids) - skip, 0) for ids in input_ids]
+    plan = _plan_shards(kept, shard_tokens)
+    manifest = _resume_manifest(out, settings, plan)
+    if not (out / DOCUMENTS_FILE).exists():
+        write_jsonl(out / DOCUMENTS_FILE, records)
+
+    done = len(manifest["shards"])
+    bar = tqdm(
+        total=sum(kept),
+        initial=sum(kept[: plan[done - 1][1]]) if done else 0,
+        unit="tok",
+        desc=f"collect L{layer} {site}",
+        disable=not progress,
+    )
+    for shard_index in range(done, len(plan)):
+        started = time.perf_counter()
+        doc_start, doc_stop = plan[shard_index]
+        columns, n_massive = _run_shard(
+            lm, input_ids, range(doc_start, doc_stop), layer, site, skip, massive_ratio, batch_size, bar
+        )
+        columns["acts"] = columns["acts"].to(DTYPES[dtype]).contiguous()
+        placement = {"doc_start": doc_start, "doc_stop": doc_stop, "n_massive_dropped": n_massive}
+        manifest["shards"].append(_save_shard(out, shard_index, columns, started, placement))
+        write_json(out / MANIFEST_FILE, manifest)
+    bar.close()
+    _finish(manifest)
+    write_json(out / MANIFEST_FILE, manifest)
+    return ActivationStore(out)
+
+
+def padded_batches(
+    input_ids: list[list[int]], docs: Iterable[int], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """Yield (doc indices, ids, mask) with documents sorted by length so padding stays small."""
+    order = sorted(docs, key=lambda i: len(input_ids[i]))
+    for b in range(0, len(order), batch_size):
+        batch_docs = order[b : b + batch_size]
+        width = max(len(input_ids[i]) for i in batch_docs)
+        ids = torch.full((len(batch_docs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch_docs):
+            ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
+            mask[row, : len(input_ids[i])] = 1
+        yield batch_docs, ids, mask
+
+
+def massive_mask(norms: Tensor, ratio: float | None, reference: Tensor | None = None) -> Tensor:
+    """Tokens whose norm exceeds `ratio` x the median of `reference` (default: of `norms` themselves)."""
+    if ratio is None or norms.numel() == 0:
+        return torch.zeros_like(norms, dtype=torch.bool)
+    return norms > ratio * (norms if reference is None else reference).median()
+
+
+def _run_shard(
+    lm, input_ids, doc_ids: range, layer, site, skip, massive_ratio, batch_size, bar
+) -> tuple[dict[str, Tensor], int]:
+    """The shard columns of documents `doc_ids` in document order (float32 acts), and how many massive
+    tokens were left out. Batches are sorted by length."""
+    per_doc, positions = {}, {}
+    for batch_docs, ids, mask in padded_batches(input_ids, doc_ids, batch_size, lm.tokenizer.pad_token_id):
+        acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site).cpu()
+        if not torch.isfinite(acts).all():
+            raise BadArgument(
+                f"The model produced NaN/inf activations at layer {layer} ({site}); "
+                "load it in float32 or pick another layer"
+            )
+        rows = [acts[row, skip : len(input_ids[i])] for row, i in enumerate(batch_docs)]
+        median_from = torch.cat(rows).norm(dim=1)
+        for i, doc_acts in zip(batch_docs, rows):
+            keep = ~massive_mask(doc_acts.norm(dim=1), massive_ratio, median_from)
+            per_doc[i], positions[i] = doc_acts[keep], torch.arange(skip, len(input_ids[i]))[keep]
+            bar.update(len(doc_acts))
+    columns = {
+        "acts": torch.cat([per_doc[i] for i in doc_ids]),
+        "token_ids": torch.cat(
+            [torch.tensor(input_ids[i], dtype=torch.int32)[positions[i]] for i in doc_ids]
+        ),
+        "doc": torch.cat([torch.full((len(per_doc[i]),), i, dtype=torch.int32) for i in doc_ids]),
+        "pos": torch.cat([positions[i] for i in doc_ids]).int(),
+    }
+    return columns, sum(len(input_ids[i]) - skip - len(positions[i]) for i in doc_ids)
+
+
+def store_from_tensor(
+    acts: Tensor,
+    out_dir: str | os.PathLike,
+    shard_tokens: int = 16384,
+    model_name: str = "synthetic",
+    layer: int = 0,
+    site: str = "resid",
+) -> ActivationStore:
+    """A valid store from an in-memory [n, d] tensor (documents of 64 rows) for tests and experiments."""
+    if acts.ndim != 2 or len(acts) == 0:
+        raise BadArgument(f"acts must be a non-empty [n_tokens, d] tensor, got shape {tuple(acts.shape)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n, d = acts.shape
+    n_documents = (n + TENSOR_DOC_ROWS - 1) // TENSOR_DOC_ROWS
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": model_name,
+        "layer": layer,
+        "site": site,
+        "d_model": d,
+        "dtype": "float32",
+        "drop_first_token": False,
+        "shard_tokens": shard_tokens,
+        "n_documents": n_documents,
+        "corpus_spec": "tensor",
+        "shards": [],
+    }
+    for i, start in enumerate(range(0, n, shard_tokens)):
+        started = time.perf_counter()
+        chunk = acts[start : start + shard_tokens].float().contiguous()
+        rows = torch.arange(start, start + len(chunk))
+        columns = {
+            "acts": chunk,
+            "token_ids": torch.zeros(len(rows), dtype=torch.int32),
+            "doc": (rows // TENSOR_DOC_ROWS).int(),
+            "pos": (rows % TENSOR_DOC_ROWS).int(),
+        }
+        placement = {
+            "doc_start": int(rows[0]) // TENSOR_DOC_ROWS,
+            "doc_stop": int(rows[-1]) // TENSOR_DOC_ROWS + 1,
+        }
+        manifest["shards"].append(_save_shard(out, i, columns, started, placement))
+    write_jsonl(out / DOCUMENTS_FILE, [{"text": f"synthetic document {i}"} for i in range(n_documents)])
+    _finish(manifest)
+    write_json(out / MANIFEST_FILE, manifest)
+    return ActivationStore(out)
