@@ -1,12 +1,10 @@
 """Metrics: reconstruction sanity on synthetic stores, downstream CE on the tiny LM, plots render."""
 import json
 
-import matplotlib
 import pytest
 import torch
 
 from saelib.metrics import evaluate
-from saelib.plots import LiveCurves, density_histogram, frontier_plot, norm_histogram
 from saelib.sae import SAE, SAEConfig
 from saelib.store import collect, store_from_tensor
 
@@ -67,19 +65,3 @@ def test_downstream_ce_recovered_on_tiny_lm(tiny_llama, tmp_path):
     zeroed = evaluate(broken, store, lm=tiny_llama, texts=texts[:8], progress=False)
     assert zeroed["ce_sae"] == pytest.approx(zeroed["ce_zero"], abs=1e-4)
     assert zeroed["kl_sae"] > 0
-
-
-def test_plots_render(tmp_path):
-    store = store_from_tensor(torch.randn(2000, 8), tmp_path / "acts")
-    metrics = evaluate(identity_like_sae(8), store, progress=False)
-    metrics["feature_density"][0] = 0.0
-    curves = LiveCurves(min_seconds=0)
-    for step in range(1, 4):
-        curves(step, {"loss": 1 / step, "fvu": 0.5 / step, "l0": 30.0, "dead_frac": 0.01, "lr": 1e-3, "mse": 0.1})
-    figures = [curves.close(), density_histogram(metrics),
-               frontier_plot(metrics, reference_points=[{"l0": 20, "fvu": 0.3, "label": "ref"}]),
-               norm_histogram(store)]
-    for fig in figures:
-        assert isinstance(fig, matplotlib.figure.Figure) and fig.axes
-        fig.savefig(tmp_path / "fig.png")
-    assert "never fired" in figures[1].axes[0].get_title()
