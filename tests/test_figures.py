@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import matplotlib
 import matplotlib.pyplot as plt
 import torch
-from conftest import identity_sae
+from conftest import ROOT, identity_sae
 
 from saelib import figures
 from saelib.collect import store_from_tensor
@@ -53,3 +55,10 @@ def test_feature_figures_render_and_pyplot_keeps_none(tmp_path):
     assert figs[1].axes[0].get_title() == "3 alive, 1 never fired"
     assert figs[2].axes[0].get_xlim() == (0.1, 1.0)  # zoomed to the bins that hold counts
     assert figs[3].axes[0].get_yticklabels()[1].get_text().endswith("…")
+
+
+def test_analysis_and_html_import_no_plotting_or_widgets():
+    """matplotlib is imported when a figure is drawn, not when saelib.analysis is imported."""
+    code = "import sys, saelib.analysis, saelib.html; print({'matplotlib', 'ipywidgets'} & set(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "set()"
