@@ -5,16 +5,17 @@ latents and rebuilds an HTML string, so it redraws in milliseconds (`last_redraw
 text box runs the model again. When displayed, the explorer also prints its initial view as an
 ordinary HTML output, because a headless run (papermill) keeps no widget output in the cells.
 """
+
 from __future__ import annotations
 
-import html
+import math
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import ipywidgets as widgets
-from IPython.display import HTML, display
+from IPython.display import display
 
-from . import analysis, feature_plots
+from saelib import analysis, html
 
 MAX_TOP_K = 50  # slider range; more features per text do not fit on a screen
 
@@ -22,9 +23,17 @@ MAX_TOP_K = 50  # slider range; more features per text do not fit on a screen
 class Explorer:
     """Interactive view of which features fire on which tokens; see the module docstring."""
 
-    def __init__(self, lm, sae, texts: Sequence[str] | None = None, threshold: float = 0.0, top_k: int = 10,
-                 labels: analysis.ConceptLabels | dict[int, str] | None = None, max_length: int = 128,
-                 density=None):
+    def __init__(
+        self,
+        lm,
+        sae,
+        texts: Sequence[str] | None = None,
+        threshold: float = 0.0,
+        top_k: int = 10,
+        labels: analysis.ConceptLabels | dict[int, str] | None = None,
+        max_length: int = 128,
+        density=None,
+    ):
         """`density` (per-latent firing frequency) ranks features by specificity, as `top_features` does."""
         self.lm, self.sae, self.max_length = lm, sae, max_length
         self.labels = analysis.label_names(labels)
@@ -36,14 +45,20 @@ class Explorer:
         self.last_redraw_ms = float("nan")
         self.last_encode_ms = float("nan")
 
-        self.threshold = widgets.FloatSlider(value=threshold, min=0.0, description="threshold",
-                                             continuous_update=True, readout_format=".3g")
-        self.top_k = widgets.IntSlider(value=top_k, min=1, max=min(MAX_TOP_K, d_sae), description="top k",
-                                       continuous_update=True)
+        self.threshold = widgets.FloatSlider(
+            value=threshold, min=0.0, description="threshold", continuous_update=True, readout_format=".3g"
+        )
+        self.top_k = widgets.IntSlider(
+            value=top_k, min=1, max=min(MAX_TOP_K, d_sae), description="top k", continuous_update=True
+        )
         self.feature = widgets.Dropdown(description="feature")
-        self.text = widgets.Textarea(value="\n".join(self.acts.texts), description="texts",
-                                     placeholder="one text per line", continuous_update=False,
-                                     layout=widgets.Layout(width="90%", height="5em"))
+        self.text = widgets.Textarea(
+            value="\n".join(self.acts.texts),
+            description="texts",
+            placeholder="one text per line",
+            continuous_update=False,
+            layout=widgets.Layout(width="90%", height="5em"),
+        )
         self.view = widgets.HTML()
         self.view.add_class("saelib-explorer-view")
         self.status = widgets.Label()
@@ -53,8 +68,9 @@ class Explorer:
             control.observe(self.redraw, names="value")
         self.text.observe(self._on_text, names="value")
         self.redraw()
-        self.widget = widgets.VBox([widgets.HBox([self.threshold, self.top_k, self.feature]), self.text,
-                                    self.status, self.view])
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.threshold, self.top_k, self.feature]), self.text, self.status, self.view]
+        )
 
     # ---- state that depends on the texts ------------------------------------------------------
     def _fit_controls_to_texts(self) -> None:
@@ -64,8 +80,11 @@ class Explorer:
         self.threshold.step = self.threshold.max / 200
         strongest = self.acts.text_max.max(dim=0).values
         values, features = strongest.topk(min(MAX_TOP_K, self.acts.d_sae))
-        options = [(f"{analysis.feature_name(f, self.labels)} · {v:.3g}", f)
-                   for f, v in zip(features.tolist(), values.tolist()) if v > 0]
+        options = [
+            (f"{analysis.feature_name(f, self.labels)} · {v:.3g}", f)
+            for f, v in zip(features.tolist(), values.tolist())
+            if v > 0
+        ]
         options = options or [("no active feature", features[0].item())]
         keep = self.feature.value in [f for _, f in options]
         self.feature.options = options
@@ -86,18 +105,22 @@ class Explorer:
     def render(self) -> str:
         """The current view as HTML: per text its top features, active fraction and token heatmap,
         then every text coloured by the picked feature. Reads cached latents only."""
-        current = analysis.top_features(self.acts, self.threshold.value, self.top_k.value, self.labels,
-                                        self.density)
+        current = analysis.top_features(
+            self.acts, self.threshold.value, self.top_k.value, self.labels, self.density
+        )
         parts = [f"<b>threshold {current.threshold:.3g} · top k {current.top_k}</b>"]
         for i, text in enumerate(self.acts.texts):
             features = current.features[i]
             tokens, latents = self.acts.scored(i)
-            heatmap = (feature_plots.heatmap_html(tokens, features, latents[:, features].numpy(), self.labels)
-                       if features else "<i>no feature above the threshold</i>")
-            parts.append(f'<div style="margin:8px 0"><code>{html.escape(text)}</code><br>'
-                         f'<span class="saelib-active">{current.summary(i)}</span><br>{heatmap}</div>')
+            heatmap = (
+                html.heatmap_html(tokens, features, latents[:, features].numpy(), self.labels)
+                if features
+                else "<i>no feature above the threshold</i>"
+            )
+            parts.append(html.text_block_html(text, current.summary(i), heatmap, margin_px=8))
         feature = self.feature.value
-        parts.append(analysis.coloured_texts_html(self.acts, feature, analysis.feature_name(feature, self.labels)))
+        name = analysis.feature_name(feature, self.labels)
+        parts.append(html.coloured_texts_html(self.acts.feature_values(feature), name))
         return "".join(parts)
 
     def redraw(self, change=None) -> None:
@@ -105,10 +128,13 @@ class Explorer:
         start = time.perf_counter()
         self.view.value = self.render()
         self.last_redraw_ms = 1000 * (time.perf_counter() - start)
-        encode = "" if self.last_encode_ms != self.last_encode_ms else f", last encode {self.last_encode_ms:.0f} ms"
+        encode = "" if math.isnan(self.last_encode_ms) else f", last encode {self.last_encode_ms:.0f} ms"
         self.status.value = f"redraw {self.last_redraw_ms:.1f} ms{encode}"
 
     def _ipython_display_(self) -> None:
         display(self.widget)
-        display(HTML(f"<details open><summary>Static copy of the view (for non-interactive renderings; "
-                     f"does not follow the sliders)</summary>{self.render()}</details>"))
+        static = (
+            "<details open><summary>Static copy of the view (for non-interactive renderings; "
+            f"does not follow the sliders)</summary>{self.render()}</details>"
+        )
+        display(html.as_html(static))

@@ -3,10 +3,14 @@
 A tiny random LM and a small ReLU SAE are saved to a temp run; a notebook loads both from disk with
 saelib and shows `Explorer`. The test runs all cells, moves the sliders, picks a feature and edits
 the text box, and checks what the live view says against the same computation done here.
-Screenshots land in tests/artifacts/ (git-ignored). Notes: /work/shared/notes/browser-testing.md.
+Screenshots land in tests/artifacts/ (git-ignored). Never run `playwright install` (it downloads a browser);
+the kernel counts as ready only when the status bar reads "Python 3 (ipykernel) | Idle" (the toolbar shows
+idle before a kernel exists), and sessions are deleted through /api/sessions before and after.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,8 +36,10 @@ TEXTS = ["Dogs are man's best friend.", "Neural networks process information.", 
 LAYER, D_SAE, TOP_K = 1, 96, 5
 IDLE = "Python 3 (ipykernel) | Idle"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium "
-                                "(apt-get install -y chromium); CI installs it")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian chromium at /usr/bin/chromium (apt-get install -y chromium); CI installs it",
+)
 
 
 def free_port() -> int:
@@ -58,23 +64,36 @@ def make_run(lm, run_dir: Path) -> SAE:
 
 def write_notebook(path: Path, run_dir: Path) -> None:
     cells = [
-        "import sys\nfrom saelib.lm import load_lm\nfrom saelib.sae import load_sae\nfrom saelib.widgets import Explorer\n"
-        "print(sys.executable)",
+        "import sys\nfrom saelib.lm import load_lm\nfrom saelib.sae import load_sae\n"
+        "from saelib.widgets import Explorer\nprint(sys.executable)",
         f"lm = load_lm({str(run_dir / 'model')!r})\nsae = load_sae({str(run_dir)!r})",
         f"explorer = Explorer(lm, sae, {TEXTS!r}, threshold=0.0, top_k={TOP_K})\nexplorer",
     ]
     notebook = {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
-                   "source": source} for i, source in enumerate(cells)],
-        "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}},
-        "nbformat": 4, "nbformat_minor": 5,
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"c{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+            for i, source in enumerate(cells)
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
     }
     path.write_text(json.dumps(notebook))
 
 
 def api(port: int, token: str, route: str, method: str = "GET"):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{route}", method=method,
-                                     headers={"Authorization": f"token {token}"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{route}", method=method, headers={"Authorization": f"token {token}"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         body = response.read()
     return json.loads(body) if body else None
@@ -91,25 +110,37 @@ def start_lab(root_dir: Path, home: Path, port: int, token: str) -> subprocess.P
     app_settings = home / "app-settings"
     app_settings.mkdir(parents=True)
     (app_settings / "overrides.json").write_text(
-        json.dumps({"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}))
+        json.dumps({"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}})
+    )
     env = {
         **os.environ,
         "PATH": f"{JUPYTER.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
         "HOME": str(home),
-        "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
-        "MPLCONFIGDIR": str(home / "mpl"), "JUPYTERLAB_SETTINGS_DIR": str(home / "user-settings"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
+        "MPLCONFIGDIR": str(home / "mpl"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "user-settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
         "OMP_NUM_THREADS": "1",
     }
-    log = open(home / "lab.log", "w")
-    server = subprocess.Popen(
-        [str(JUPYTER), "lab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
-         f"--LabApp.app_settings_dir={app_settings}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    command = [
+        str(JUPYTER),
+        "lab",
+        "--no-browser",
+        "--allow-root",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root_dir}",
+        f"--LabApp.app_settings_dir={app_settings}",
+    ]
+    with open(home / "lab.log", "w") as log:  # the server keeps its own copy of the file descriptor
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -123,10 +154,8 @@ def start_lab(root_dir: Path, home: Path, port: int, token: str) -> subprocess.P
 
 
 def stop_lab(server: subprocess.Popen, port: int, token: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         delete_sessions(port, token)
-    except OSError:
-        pass
     os.killpg(server.pid, signal.SIGTERM)  # the server's own process group (started with a new session)
     try:
         server.wait(timeout=20)
@@ -158,8 +187,11 @@ def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
     try:
         delete_sessions(port, token)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                                 args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?reset&token={token}")
@@ -171,7 +203,9 @@ def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
                 expect(page.locator(".jp-InputPrompt").first).to_contain_text("[1]:", timeout=60_000)
                 view = page.locator(".saelib-explorer-view")
                 expect(view).to_be_visible(timeout=90_000)
-                expect(page.locator(".jp-OutputArea-output").first).to_contain_text(".venv")  # the venv's kernel
+                expect(page.locator(".jp-OutputArea-output").first).to_contain_text(
+                    ".venv"
+                )  # the venv's kernel
                 active = view.locator(".saelib-active")
                 for i, text in enumerate(expected_start):
                     expect(active.nth(i)).to_have_text(text)
@@ -185,7 +219,9 @@ def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
                     expect(active.nth(i)).to_have_text(text)
                 page.screenshot(path=str(ARTIFACTS / "explorer-2-top-k-3.png"), full_page=True)
 
-                threshold = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="threshold"))
+                threshold = page.locator(
+                    ".widget-slider", has=page.locator(".widget-label", has_text="threshold")
+                )
                 readout = threshold.locator(".widget-readout")
                 readout.click()
                 page.keyboard.press("Control+A")
@@ -201,7 +237,7 @@ def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
 
                 status_text = page.locator(".saelib-explorer-status")
                 expect(status_text).to_contain_text("redraw")
-                # the on-screen redraw time is shown, not asserted: `python -m saelib.bench explorer` measures it
+                # the redraw time is shown, not asserted: `python -m saelib.bench explorer` measures it
                 assert re.search(r"redraw [\d.]+ ms", status_text.inner_text())
 
                 picker = page.locator(".widget-dropdown select")

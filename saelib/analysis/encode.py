@@ -1,0 +1,52 @@
+"""From texts to SAE latents: run the LM to the SAE's layer and encode every token.
+
+Convention: a text's score for a feature is its maximum activation over tokens, skipping the
+first token (the attention sink has a huge norm and the SAE never saw it in training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from saelib.analysis.checks import check_texts, d_sae_of
+
+
+def hook_point(lm, sae) -> tuple[int, str]:
+    """The (layer, site) the SAE was trained on, from its saved metadata."""
+    meta = getattr(sae, "meta", None) or {}
+    site = meta.get("site", "resid")
+    return lm.resolve(meta.get("layer"), site), site
+
+
+def max_over_tokens(latents: Tensor, skip_first: bool = True) -> Tensor:
+    """[n_tokens, d_sae] -> [d_sae]; drops the first token unless it is the only one."""
+    if skip_first and latents.shape[0] > 1:
+        latents = latents[1:]
+    return latents.max(dim=0).values
+
+
+@torch.inference_mode()
+def encode_latents(sae, acts: Tensor) -> Tensor:
+    """[n, d_in] activations -> [n, d_sae] float32 latents on the CPU (encoded on the SAE's device)."""
+    device = sae.W_dec.device
+    return sae.encode(acts.to(device=device, dtype=sae.W_dec.dtype)).float().cpu()
+
+
+def text_maxima(
+    lm, sae, texts: Sequence[str], batch_size: int = 32, max_length: int = 128, skip_first: bool = True
+) -> Tensor:
+    """[n_texts, d_sae] max-over-tokens latents for many texts, without keeping per-token latents."""
+    texts = check_texts(texts)
+    layer, site = hook_point(lm, sae)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
+    rows = torch.zeros(len(texts), d_sae_of(sae))
+    for start in range(0, len(texts), batch_size):
+        batch = order[start : start + batch_size]
+        token_acts = lm.activations([texts[i] for i in batch], layer=layer, site=site, max_length=max_length)
+        latents = encode_latents(sae, torch.cat(token_acts.acts)).split([len(a) for a in token_acts.acts])
+        for i, text_latents in zip(batch, latents):
+            rows[i] = max_over_tokens(text_latents, skip_first)
+    return rows

@@ -1,0 +1,166 @@
+"""Per-feature statistics from one streaming pass over the activation store, and the stored
+contexts where a feature fired most.
+
+Encoding the store is the expensive part, so `feature_stats` keeps everything the views need
+(density, histogram, top rows) in a small `FeatureStats`; `top_contexts` and the figures read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelib import html
+from saelib.analysis.checks import check_feature, d_sae_of
+from saelib.analysis.encode import encode_latents
+from saelib.errors import BadArgument
+
+HIST_EDGES = torch.logspace(-4, 4, 65)  # log-spaced bins for activation histograms (8 per decade)
+
+
+@dataclass
+class FeatureStats:
+    """One pass over the activation store: density, histogram and top-n rows of every feature."""
+
+    n_tokens: int
+    density: Tensor  # [d_sae] fraction of tokens where the feature is > 0
+    mean_active: Tensor  # [d_sae] mean activation when active
+    max_act: Tensor  # [d_sae]
+    hist_counts: Tensor  # [d_sae, n_bins] counts of nonzero activations on HIST_EDGES
+    top_values: Tensor  # [n_top, d_sae] descending
+    top_rows: Tensor  # [n_top, d_sae] global store rows of those values
+    top_token_ids: Tensor  # [n_top, d_sae] token at those rows
+
+    @property
+    def d_sae(self) -> int:
+        return self.density.shape[0]
+
+    def __repr__(self) -> str:
+        dead = int((self.density == 0).sum())
+        return f"FeatureStats({self.n_tokens} tokens, d_sae {self.d_sae}, {dead} never fired)"
+
+    def histogram(self, feature: int):
+        """Figure: distribution of the feature's nonzero activations."""
+        from saelib import figures
+
+        feature = check_feature(feature, self.d_sae)
+        return figures.histogram_figure(
+            HIST_EDGES.numpy(),
+            self.hist_counts[feature].numpy(),
+            title=f"f{feature}: density {self.density[feature]:.2e}, max {self.max_act[feature]:.3g}",
+        )
+
+    def density_plot(self, features: Sequence[int] = ()):
+        """Figure: log firing density of all features, chosen ones marked."""
+        from saelib import figures
+
+        marked = {check_feature(f, self.d_sae): float(self.density[f]) for f in features}
+        return figures.density_figure(self.density.numpy(), marked)
+
+
+@torch.inference_mode()
+def feature_stats(
+    sae,
+    store,
+    n_top: int = 20,
+    max_tokens: int | None = None,
+    batch_tokens: int = 2048,
+    progress: bool = True,
+) -> FeatureStats:
+    """Encode the store shard by shard, keeping running top-`n_top` rows per feature (bounded memory)."""
+    from tqdm.auto import tqdm
+
+    if n_top < 1 or batch_tokens < 1:
+        raise BadArgument("n_top and batch_tokens must be >= 1")
+    d_sae, n_bins = d_sae_of(sae), len(HIST_EDGES) - 1
+    total = store.n_tokens if max_tokens is None else min(max_tokens, store.n_tokens)
+    fired = torch.zeros(d_sae, dtype=torch.int64)
+    act_sum = torch.zeros(d_sae, dtype=torch.float64)
+    max_act = torch.zeros(d_sae)
+    hist = torch.zeros(d_sae * n_bins, dtype=torch.int64)
+    top_values = torch.zeros(n_top, d_sae)
+    top_rows = torch.full((n_top, d_sae), -1, dtype=torch.int64)
+    top_ids = torch.zeros(n_top, d_sae, dtype=torch.int64)
+    seen = 0
+    bar = tqdm(total=total, desc="feature stats", unit="tok", disable=not progress)
+    for shard in store.shards():
+        for start in range(0, len(shard.acts), batch_tokens):
+            if seen >= total:
+                break
+            stop = min(start + batch_tokens, len(shard.acts), start + total - seen)
+            latents = encode_latents(sae, shard.acts[start:stop])
+            active = latents > 0
+            fired += active.sum(0)
+            act_sum += latents.sum(0, dtype=torch.float64)
+            max_act = torch.maximum(max_act, latents.max(0).values)
+            rows, feats = active.nonzero(as_tuple=True)
+            bins = (torch.bucketize(latents[rows, feats], HIST_EDGES) - 1).clamp(0, n_bins - 1)
+            hist += torch.bincount(feats * n_bins + bins, minlength=d_sae * n_bins)
+            chunk_values, chunk_index = latents.topk(min(n_top, len(latents)), dim=0)
+            values = torch.cat([top_values, chunk_values])
+            top_values, pick = values.topk(n_top, dim=0)
+            top_rows = torch.cat([top_rows, chunk_index + shard.offset + start]).gather(0, pick)
+            top_ids = torch.cat([top_ids, shard.token_ids[start:stop][chunk_index]]).gather(0, pick)
+            seen += len(latents)
+            bar.update(len(latents))
+    bar.close()
+    if seen == 0:
+        raise BadArgument("The store has no tokens: collect activations first")
+    return FeatureStats(
+        n_tokens=seen,
+        density=fired.float() / seen,
+        mean_active=(act_sum / fired.clamp(min=1)).float(),
+        max_act=max_act,
+        hist_counts=hist.view(d_sae, n_bins),
+        top_values=top_values,
+        top_rows=top_rows,
+        top_token_ids=top_ids,
+    )
+
+
+# ---- max-activating contexts ---------------------------------------------------------------------
+@dataclass
+class Context:
+    """A window of a stored document around one token where a feature fired."""
+
+    tokens: list[str]
+    index: int  # position of the firing token in `tokens`
+    value: float
+    row: int  # global store row
+
+
+@dataclass
+class FeatureContexts:
+    """The max-activating contexts of one feature, strongest first."""
+
+    feature: int
+    contexts: list[Context]
+
+    def __repr__(self) -> str:
+        lines = [f"f{self.feature}: {len(self.contexts)} top contexts"]
+        for c in self.contexts:
+            left, right = "".join(c.tokens[: c.index]), "".join(c.tokens[c.index + 1 :])
+            lines.append(f"  {c.value:7.3f}  {left!r} [[{c.tokens[c.index]}]] {right!r}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return html.feature_contexts_html(self)
+
+
+def top_contexts(
+    stats: FeatureStats, store, lm, feature: int, n: int = 10, before: int = 12, after: int = 4
+) -> FeatureContexts:
+    """The `n` stored tokens where `feature` fired most, each with a window of its document."""
+    feature = check_feature(feature, stats.d_sae)
+    if not 1 <= n <= stats.top_values.shape[0]:
+        raise BadArgument(f"n must be in 1..{stats.top_values.shape[0]} (feature_stats kept n_top rows)")
+    contexts = []
+    for value, row in zip(stats.top_values[:n, feature].tolist(), stats.top_rows[:n, feature].tolist()):
+        if value <= 0:
+            break
+        ids, index = store.context(row, before=before, after=after)
+        contexts.append(Context(tokens=lm.token_strings(list(ids)), index=index, value=value, row=row))
+    return FeatureContexts(feature=feature, contexts=contexts)

@@ -1,0 +1,224 @@
+"""HTML for everything saelib shows that is not a matplotlib figure: coloured tokens, heatmaps, the
+result objects' `_repr_html_`, the notebooks' tables and the dashboard's inline images.
+
+HTML is used wherever a widget redraws, because building a string takes microseconds while
+rendering a matplotlib figure takes ~100 ms. The renderers are pure functions returning strings;
+result objects (`TopFeatures`, `FeatureContexts`, `LogitLens`, `ConceptLabels`, `Steering`) are
+read by attribute, so this module imports nothing from `saelib.analysis`. Only `as_html`,
+the tables and `show_source` return IPython display objects, for a notebook cell to show.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+
+import numpy as np
+
+HIGHLIGHT_RGB = (255, 140, 0)  # orange: one colour for "this token activates the feature"
+
+
+def as_html(markup: str):
+    """An IPython HTML object, which a notebook cell (also under papermill) shows as rendered HTML."""
+    from IPython.display import HTML
+
+    return HTML(markup)
+
+
+# ---- tokens shaded by activation ------------------------------------------------------------
+def _token_text(token: str) -> str:
+    """Escape a token for HTML and make whitespace visible."""
+    return escape(token).replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def _shade(value: float, vmax: float) -> str:
+    alpha = 0.0 if vmax <= 0 else min(max(value / vmax, 0.0), 1.0)
+    r, g, b = HIGHLIGHT_RGB
+    return f"rgba({r},{g},{b},{alpha:.2f})"
+
+
+def tokens_html(tokens: list[str], values, vmax: float | None = None, mark: int | None = None) -> str:
+    """Text with each token's background shaded by `values` (one per token); hover shows the value.
+
+    `mark` outlines one token (the max-activating position of a context window)."""
+    values = np.asarray(values, dtype=np.float32)
+    vmax = float(values.max(initial=0.0)) if vmax is None else vmax
+    spans = []
+    for i, (token, value) in enumerate(zip(tokens, values)):
+        border = "outline:2px solid #c00;" if i == mark else ""
+        spans.append(
+            f'<span title="{value:.3g}" style="background:{_shade(float(value), vmax)};{border}'
+            f'white-space:pre-wrap">{_token_text(token)}</span>'
+        )
+    return '<span style="font-family:monospace">' + "".join(spans) + "</span>"
+
+
+def heatmap_html(tokens: list[str], features: list[int], values, labels: dict[int, str] | None = None) -> str:
+    """A table with one row per feature and one column per token, cells shaded by activation.
+
+    `values` is [n_tokens, n_features]; each row is scaled by its own maximum so weak features
+    stay visible next to strong ones (the number in the cell is the raw activation)."""
+    values = np.asarray(values, dtype=np.float32).reshape(len(tokens), len(features))
+    head = "".join(f'<th style="font-family:monospace;padding:2px 4px">{_token_text(t)}</th>' for t in tokens)
+    rows = []
+    for j, feature in enumerate(features):
+        column = values[:, j]
+        vmax = float(column.max(initial=0.0))
+        name = f"f{feature}" + (f" {escape(labels[feature])}" if labels and feature in labels else "")
+        cells = "".join(
+            f'<td style="background:{_shade(float(v), vmax)};text-align:right;padding:2px 4px">'
+            f"{'' if v <= 0 else f'{v:.2g}'}</td>"
+            for v in column
+        )
+        rows.append(f'<tr><th style="text-align:left;padding:2px 4px">{name}</th>{cells}</tr>')
+    table = '<table style="border-collapse:collapse;font-size:12px">'
+    return f"{table}<tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def coloured_texts_html(texts: list[tuple[list[str], np.ndarray]], name: str) -> str:
+    """Several texts, each a (tokens, one feature's values) pair, shaded on one colour scale."""
+    vmax = max(float(values.max()) for _, values in texts)
+    lines = [tokens_html(tokens, values, vmax) for tokens, values in texts]
+    return f"<b>{escape(name)}</b> on each text (max {vmax:.3g})<br>" + "<br>".join(lines)
+
+
+# ---- result objects of saelib.analysis --------------------------------------------------------
+def top_features_html(top) -> str:
+    """A `TopFeatures`: per text its summary and one chip per listed feature."""
+    parts = [f"<b>Top features</b> ({top.settings})"]
+    for i, text in enumerate(top.texts):
+        chips = " ".join(
+            f'<span style="display:inline-block;margin:1px 3px;padding:0 4px;border:1px solid #ccc;'
+            f'border-radius:3px">{escape(top.name(f))} <b>{v:.2f}</b></span>'
+            for f, v in zip(top.features[i], top.values[i])
+        )
+        parts.append(text_block_html(text, top.summary(i), chips or "<i>none above threshold</i>"))
+    return "".join(parts)
+
+
+def text_block_html(text: str, summary: str, body: str, margin_px: int = 6) -> str:
+    """One text of a per-text view: the text, its active-latent summary, then `body`."""
+    return (
+        f'<div style="margin:{margin_px}px 0"><code>{escape(text)}</code><br>'
+        f'<span class="saelib-active">{summary}</span><br>{body}</div>'
+    )
+
+
+def feature_contexts_html(contexts) -> str:
+    """A `FeatureContexts`: one row per context, the firing token outlined."""
+    if not contexts.contexts:
+        return f"<b>f{contexts.feature}</b>: never fired on the stored tokens"
+    rows = []
+    for c in contexts.contexts:
+        values = np.zeros(len(c.tokens), dtype=np.float32)
+        values[c.index] = c.value
+        rows.append(
+            f'<tr><td style="text-align:right;padding-right:8px">{c.value:.3g}</td>'
+            f"<td>{tokens_html(c.tokens, values, mark=c.index)}</td></tr>"
+        )
+    return f"<b>f{contexts.feature}</b> max-activating contexts<table>{''.join(rows)}</table>"
+
+
+def logit_lens_html(lens) -> str:
+    """A `LogitLens`: promoted and suppressed tokens side by side."""
+
+    def column(items):
+        return "".join(f"<tr><td><code>{escape(repr(t))}</code></td><td>{s:+.3f}</td></tr>" for t, s in items)
+
+    return (
+        f"<b>f{lens.feature}</b> logit lens<table><tr><th>promotes</th><th>suppresses</th></tr><tr>"
+        f"<td><table>{column(lens.promoted)}</table></td><td><table>{column(lens.suppressed)}</table></td>"
+        "</tr></table>"
+    )
+
+
+def concept_labels_html(labels) -> str:
+    """A `ConceptLabels`: one row per (concept, feature) with both AUROCs and a tick if labelled."""
+    body = "".join(
+        f"<tr><td>{escape(r.concept)}</td><td>f{r.feature}</td><td>{r.train_auroc:.3f}</td>"
+        f"<td><b>{r.test_auroc:.3f}</b></td><td>{'✓' if r.test_auroc >= labels.min_auroc else ''}</td></tr>"
+        for r in labels.rows
+    )
+    return (
+        f"<b>Concept labels</b> (chosen on {labels.n_train} train texts, AUROC reported on {labels.n_test} "
+        f"held-out texts)<table><tr><th>concept</th><th>feature</th><th>train AUROC</th>"
+        f"<th>held-out AUROC</th><th>label</th></tr>{body}</table>"
+    )
+
+
+def steering_html(steering) -> str:
+    """A `Steering`: the prompt's continuation before and after the intervention."""
+    prompt = f"<code>{escape(steering.prompt)}</code>"
+    return (
+        f"<b>{escape(steering.intervention)}</b><table>"
+        f"<tr><td>before</td><td>{prompt}<b>{escape(steering.before)}</b></td></tr>"
+        f"<tr><td>after</td><td>{prompt}<b>{escape(steering.after)}</b></td></tr>"
+        "</table>"
+    )
+
+
+def figure_img(fig, dpi: int = 90) -> str:
+    """A matplotlib figure as an inline <img> (base64 PNG), so a page needs no other file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+# ---- notebook tables --------------------------------------------------------------------------
+def corpus_table(stats: dict):
+    """Counts per source and per concept (from `corpus_stats`), as an HTML table."""
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:,}</td></tr>" for k, v in stats["sources"].items())
+    concepts = ", ".join(f"{escape(k)} ({v})" for k, v in stats.get("concepts", {}).items())
+    return as_html(
+        f"<p><b>{stats['n_texts']:,} texts</b>, {stats['mean_chars']:.0f} characters on average</p>"
+        f"<table><tr><th>source</th><th>texts</th></tr>{rows}</table>"
+        + (f"<p><b>{len(stats['concepts'])} concepts:</b> {concepts}</p>" if concepts else "")
+    )
+
+
+def corpus_examples(docs, max_chars: int = 240):
+    """The first document of each source, shortened."""
+    first = {}
+    for doc in docs:
+        first.setdefault(doc.source, doc.text)
+    rows = "".join(
+        f"<tr><td>{escape(source)}</td><td style='text-align:left'>"
+        "<pre style='white-space:pre-wrap;margin:0'>"
+        f"{escape(text[:max_chars])}{'…' if len(text) > max_chars else ''}</pre></td></tr>"
+        for source, text in first.items()
+    )
+    return as_html(f"<table><tr><th>source</th><th>example</th></tr>{rows}</table>")
+
+
+METRIC_ROWS = (
+    ("fvu", "FVU (1 - explained variance)", "{:.3f}"),
+    ("mse", "MSE (raw activations)", "{:.4g}"),
+    ("l0", "L0 (active latents per token)", "{:.1f}"),
+    ("dead_frac", "dead latents", "{:.1%}"),
+    ("dense_frac", "dense latents (fire on > 10% of tokens)", "{:.1%}"),
+    ("ce_clean", "CE loss, clean", "{:.3f}"),
+    ("ce_sae", "CE loss, SAE spliced in", "{:.3f}"),
+    ("ce_zero", "CE loss, zero-ablated", "{:.3f}"),
+    ("kl_sae", "KL(clean || SAE)", "{:.4f}"),
+    ("ce_loss_recovered", "CE-loss recovered", "{:.3f}"),
+)
+
+
+def metrics_table(metrics: dict):
+    """The headline metrics (from `evaluate`) as an HTML table; rows absent from `metrics` are skipped."""
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{label}</td><td>{fmt.format(metrics[key])}</td></tr>"
+        for key, label, fmt in METRIC_ROWS
+        if metrics.get(key) is not None
+    )
+    return as_html(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+
+
+def show_source(*objects):
+    """The real source code of functions or methods, as a highlighted Markdown block."""
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown("\n\n".join(f"```python\n{inspect.getsource(obj)}```" for obj in objects))

@@ -1,0 +1,74 @@
+"""The explorer's logic without a browser: redraws read the cache, only the text box runs the model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import random_sae
+
+from saelib import analysis, widgets
+from saelib.errors import BadArgument
+
+TEXTS = ["Dogs are man's best friend.", "Neural networks process information.", "London is a major city."]
+
+
+@pytest.fixture(scope="module")
+def sae(tiny_llama):
+    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
+    torch.nn.init.zeros_(sae.b_dec)  # the tiny LM's activations are small: a random b_dec would swamp them
+    return sae
+
+
+def test_explorer_redraws_from_cache_and_only_text_box_encodes(tiny_llama, sae, monkeypatch):
+    explorer = widgets.Explorer(tiny_llama, sae, TEXTS, threshold=0.0, top_k=5)
+    calls = []
+    original = tiny_llama.activations
+    monkeypatch.setattr(tiny_llama, "activations", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    def listed(view: str) -> list[int]:
+        return [int(n) for n in re.findall(r"(\d+) listed", view)]
+
+    assert listed(explorer.view.value) == [5, 5, 5]
+    explorer.top_k.value = 2
+    assert listed(explorer.view.value) == [2, 2, 2]
+    explorer.threshold.value = explorer.threshold.max  # nothing exceeds the global maximum
+    assert listed(explorer.view.value) == [0, 0, 0] and "0 of 96 latents active" in explorer.view.value
+    explorer.feature.value = explorer.feature.options[-1][1]
+    assert calls == [] and 0 < explorer.last_redraw_ms < 100
+    assert f"redraw {explorer.last_redraw_ms:.1f} ms" == explorer.status.value
+    explorer.text.value = "A single new line of text."
+    assert len(calls) == 1 and explorer.acts.texts == ["A single new line of text."]
+    assert "last encode" in explorer.status.value
+    explorer.text.value = "   "
+    assert len(calls) == 1 and "non-empty" in explorer.status.value
+
+
+def test_explorer_display_emits_widget_and_static_copy(tiny_llama, sae, monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", shown.append)
+    explorer = widgets.Explorer(tiny_llama, sae, TEXTS[:2], top_k=3)
+    explorer._ipython_display_()
+    assert shown[0] is explorer.widget
+    assert "3 listed" in shown[1].data and "Static copy" in shown[1].data
+
+
+def test_explorer_can_rank_by_specificity(tiny_llama, sae):
+    plain = widgets.Explorer(tiny_llama, sae, TEXTS, top_k=1)
+    strongest = analysis.top_features(plain.acts, top_k=1).features[0][0]
+    density = torch.full((analysis.d_sae_of(sae),), 0.001)
+    density[strongest] = 0.9  # fires everywhere: specificity ranking should pass it over
+    ranked = widgets.Explorer(tiny_llama, sae, TEXTS, top_k=1, density=density)
+    expected = analysis.top_features(ranked.acts, top_k=1, density=density).features[0][0]
+    assert expected != strongest
+    assert f"f{expected}" in ranked.render().split("<code>")[1]
+
+
+def test_explorer_rejects_bad_settings_before_encoding(tiny_llama, sae):
+    with pytest.raises(BadArgument, match="top_k"):
+        widgets.Explorer(tiny_llama, sae, TEXTS, top_k=1000)
+    with pytest.raises(BadArgument, match="threshold"):
+        widgets.Explorer(tiny_llama, sae, TEXTS, threshold=-1.0)
+    with pytest.raises(BadArgument, match="density"):
+        widgets.Explorer(tiny_llama, sae, TEXTS, density=torch.ones(3))
