@@ -1,5 +1,6 @@
 """Shared builders: tiny random LMs from a config in code (tests never touch a model hub), random and
 identity SAEs, small stores."""
+
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from saelib.lm import LM  # noqa: E402
-from saelib.sae import SAE, SAEConfig  # noqa: E402
+from saelib.lm import LM
+from saelib.sae import SAE, SAEConfig
 
 TRAINING_TEXT = [
     "Dogs are man's best friend. Cats sleep all day in the sun.",
@@ -34,7 +35,8 @@ def make_tokenizer(vocab_size: int = 300):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(TRAINING_TEXT * 4, trainer)
@@ -47,8 +49,14 @@ def make_tiny_lm(arch: str = "llama", n_layers: int = 4, d_model: int = 64, seed
 
     tokenizer = make_tokenizer()
     vocab = len(tokenizer)
-    common = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=4,
-                  intermediate_size=4 * d_model, max_position_embeddings=256)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=4 * d_model,
+        max_position_embeddings=256,
+    )
     if arch == "llama":
         config = transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)
         model_cls = transformers.LlamaForCausalLM
@@ -56,7 +64,9 @@ def make_tiny_lm(arch: str = "llama", n_layers: int = 4, d_model: int = 64, seed
         config = transformers.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **common)
         model_cls = transformers.GPTNeoXForCausalLM
     elif arch == "gpt2":
-        config = transformers.GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256)
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256
+        )
         model_cls = transformers.GPT2LMHeadModel
     else:
         raise ValueError(arch)
@@ -79,8 +89,17 @@ def tiny_gpt2() -> LM:
     return make_tiny_lm("gpt2")
 
 
-def random_sae(arch: str = "topk", d_in: int = 12, d_sae: int = 40, k: int = 5, seed: int = 0,
-               scale: float = 0.5, b_enc: float | None = None, layer: int = 2, site: str = "resid") -> SAE:
+def random_sae(
+    arch: str = "topk",
+    d_in: int = 12,
+    d_sae: int = 40,
+    k: int = 5,
+    seed: int = 0,
+    scale: float = 0.5,
+    b_enc: float | None = None,
+    layer: int = 2,
+    site: str = "resid",
+) -> SAE:
     """An SAE with Gaussian weights (std `scale`); `b_enc` fills the encoder bias instead (e.g. -1 so a
     ReLU SAE stays sparse); thresholds uniform in [0, 0.3]."""
     gen = torch.Generator().manual_seed(seed)
@@ -99,8 +118,19 @@ def identity_sae(d: int, arch: str = "relu", signed: bool = False, layer: int = 
     """Latent j of a row is relu(x_j); with `signed`, latents +x and -x in two halves reconstruct any x."""
     eye = torch.eye(d)
     W_enc, W_dec = (torch.cat([eye, -eye], dim=1), torch.cat([eye, -eye], dim=0)) if signed else (eye, eye)
-    sae = SAE(SAEConfig(d, W_enc.shape[1], arch=arch, k=d), meta={"model": "tiny", "layer": layer, "site": "resid"})
+    sae = SAE(
+        SAEConfig(d, W_enc.shape[1], arch=arch, k=d), meta={"model": "tiny", "layer": layer, "site": "resid"}
+    )
     with torch.no_grad():
         sae.W_enc.copy_(W_enc)
         sae.W_dec.copy_(W_dec)
     return sae.eval()
+
+
+@pytest.fixture(scope="session")
+def text_sae(tiny_llama) -> SAE:
+    """A sparse random ReLU SAE on the tiny LM's layer-1 residual; b_dec is zero because the tiny LM's
+    activations are small and a random b_dec would swamp them (every text would get the same features)."""
+    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
+    torch.nn.init.zeros_(sae.b_dec)
+    return sae

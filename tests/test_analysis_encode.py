@@ -8,9 +8,8 @@ from conftest import random_sae
 from saelib import analysis
 
 
-def test_text_maxima_batches_by_length_but_keeps_order(tiny_llama):
-    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
-    torch.nn.init.zeros_(sae.b_dec)  # so that texts differ: the tiny LM's activations are small
+def test_text_maxima_batches_by_length_but_keeps_order(tiny_llama, text_sae):
+    sae = text_sae
     texts = [
         "A much longer sentence about dogs, cats and a major city.",
         "Short one.",

@@ -13,10 +13,8 @@ LAYER = 1
 
 
 @pytest.fixture(scope="module")
-def sae(tiny_llama):
-    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=LAYER)
-    torch.nn.init.zeros_(sae.b_dec)  # the tiny LM's activations are small: a random b_dec would swamp them
-    return sae
+def sae(text_sae):
+    return text_sae
 
 
 def test_logit_lens_recovers_planted_token_direction(tiny_llama):

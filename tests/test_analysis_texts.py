@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_sae
 
 from saelib import analysis
 from saelib.corpus import STARTER_SENTENCES
@@ -59,10 +58,8 @@ def test_density_ranking_prefers_rare_features():
 
 # ---- on a tiny random LM -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def sae(tiny_llama):
-    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=LAYER)
-    torch.nn.init.zeros_(sae.b_dec)  # the tiny LM's activations are small: a random b_dec would swamp them
-    return sae
+def sae(text_sae):
+    return text_sae
 
 
 def test_encode_texts_defaults_to_starter_sentences_and_views_render(tiny_llama, sae):

@@ -1,10 +1,10 @@
 """The three notebooks run headlessly with papermill on the real bundled model, with small settings."""
+
 import json
 
 import nbformat
 import papermill
 import pytest
-
 from conftest import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -14,8 +14,14 @@ def run(name: str, run_path, **parameters) -> nbformat.NotebookNode:
     """Execute notebooks/<name> with papermill, saving it under run_path/notebooks/."""
     out = run_path / "notebooks" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(ROOT),
-                               kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name),
+        str(out),
+        parameters=parameters,
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return nbformat.read(out, as_version=4)
 
 
@@ -52,22 +58,45 @@ def test_01_collect(small_run):
     assert manifest["complete"] and manifest["n_tokens"] > 1000 and manifest["d_model"] == 576
     text = outputs_text(nb)
     assert "tokens/s" in text and "Paris" in text
-    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))  # the norm histogram
+    assert any(
+        "image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])
+    )  # the norm histogram
 
 
 @pytest.fixture(scope="module")
 def trained_run(small_run):
     out_dir, _ = small_run
-    nb = run("02_train.ipynb", out_dir, run_dir=str(out_dir), expansion=2, k=8, epochs=2, batch_size=256,
-             n_eval_texts=6, frontier_ks=[4], frontier_epochs=1)
+    nb = run(
+        "02_train.ipynb",
+        out_dir,
+        run_dir=str(out_dir),
+        expansion=2,
+        k=8,
+        epochs=2,
+        batch_size=256,
+        n_eval_texts=6,
+        frontier_ks=[4],
+        frontier_epochs=1,
+    )
     return out_dir, nb
 
 
 def test_02_train(trained_run):
     out_dir, nb = trained_run
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    for key in ("mse", "fvu", "l0", "dead_frac", "dense_frac", "feature_density", "ce_clean", "ce_sae", "ce_zero",
-                "kl_sae", "ce_loss_recovered"):
+    for key in (
+        "mse",
+        "fvu",
+        "l0",
+        "dead_frac",
+        "dense_frac",
+        "feature_density",
+        "ce_clean",
+        "ce_sae",
+        "ce_zero",
+        "kl_sae",
+        "ce_loss_recovered",
+    ):
         assert key in metrics, key
     assert metrics["l0"] <= 8 + 1e-6 and 0 <= metrics["fvu"] < 1
     assert (out_dir / "sae" / "cfg.json").exists() and (out_dir / "sae" / "sae_weights.safetensors").exists()

@@ -6,16 +6,14 @@ import itertools
 
 import pytest
 import torch
-from conftest import random_sae
 
 from saelib import analysis, report
 from saelib.collect import collect
 from saelib.errors import BadArgument
 
 
-def test_dashboard_is_self_contained(tmp_path, tiny_llama):
-    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
-    torch.nn.init.zeros_(sae.b_dec)  # the tiny LM's activations are small: a random b_dec would swamp them
+def test_dashboard_is_self_contained(tmp_path, tiny_llama, text_sae):
+    sae = text_sae
     texts = [
         f"{a} {b}."
         for a, b in itertools.product(["Dogs run", "Cats sleep", "Cities grow"], ["fast", "today"])

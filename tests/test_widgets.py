@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from conftest import random_sae
 
 from saelib import analysis, widgets
 from saelib.errors import BadArgument
@@ -15,10 +14,8 @@ TEXTS = ["Dogs are man's best friend.", "Neural networks process information.", 
 
 
 @pytest.fixture(scope="module")
-def sae(tiny_llama):
-    sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
-    torch.nn.init.zeros_(sae.b_dec)  # the tiny LM's activations are small: a random b_dec would swamp them
-    return sae
+def sae(text_sae):
+    return text_sae
 
 
 def test_explorer_redraws_from_cache_and_only_text_box_encodes(tiny_llama, sae, monkeypatch):
