@@ -4,6 +4,7 @@ Ratios are measured side by side in one process, because the machines are shared
 also records its CPU share (process CPU time / (wall time x cores)); a run that did not get all
 cores is marked noisy and should be discarded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,9 @@ def bench_collect(argv: list[str]) -> None:
     n_stored = sum(len(ids) - 1 for ids in input_ids)
 
     def bare_forward():
-        for _docs, ids, mask in padded_batches(input_ids, range(len(texts)), args.batch_size,
-                                               lm.tokenizer.pad_token_id):
+        for _docs, ids, mask in padded_batches(
+            input_ids, range(len(texts)), args.batch_size, lm.tokenizer.pad_token_id
+        ):
             lm.forward_to(ids, mask, layer, "resid")
 
     rows = []
@@ -84,17 +86,28 @@ def bench_collect(argv: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             reset_peak_rss()
             with timed(ours):
-                collect(lm, texts, tmp, layer=layer, max_tokens_per_text=args.max_tokens,
-                        batch_size=args.batch_size, progress=False)
+                collect(
+                    lm,
+                    texts,
+                    tmp,
+                    layer=layer,
+                    max_tokens_per_text=args.max_tokens,
+                    batch_size=args.batch_size,
+                    progress=False,
+                )
             ours["peak_rss_mb"] = peak_rss_mb()
         rows += [bare, ours]
         ratio = bare["seconds"] / ours["seconds"]
         noisy = min(bare["cpu_share"], ours["cpu_share"]) < 0.9
-        print(f"repeat {repeat}: ratio collect/bare = {ratio:.3f}{'  (NOISY: did not get all cores)' if noisy else ''}")
+        print(
+            f"repeat {repeat}: ratio collect/bare = {ratio:.3f}{'  (NOISY: did not get all cores)' if noisy else ''}"
+        )
     print(f"\n{len(texts)} texts, {n_stored:,} stored tokens, layer {layer}, batch {args.batch_size}")
     print(f"{'what':28} {'tokens/s':>10} {'cpu share':>10} {'peak RSS MB':>12}")
     for row in rows:
-        print(f"{row['what']:28} {n_stored / row['seconds']:10.0f} {row['cpu_share']:10.2f} {row['peak_rss_mb']:12.0f}")
+        print(
+            f"{row['what']:28} {n_stored / row['seconds']:10.0f} {row['cpu_share']:10.2f} {row['peak_rss_mb']:12.0f}"
+        )
     clean = [(b, o) for b, o in zip(rows[::2], rows[1::2]) if min(b["cpu_share"], o["cpu_share"]) >= 0.9]
     if clean:
         best = max(b["seconds"] / o["seconds"] for b, o in clean)
@@ -128,10 +141,12 @@ def bench_explorer(argv: list[str]) -> None:
                 explorer.top_k.value = 1 + (tick * 7) % explorer.top_k.max
             redraws.append(explorer.last_redraw_ms)
     explorer.text.value = "The cat sat on the mat.\nParis is the capital of France."
-    print(f"{args.ticks} slider ticks on {len(STARTER_SENTENCES)} texts, d_sae {sae.cfg.d_sae}: redraw median "
-          f"{statistics.median(redraws):.2f} ms, max {max(redraws):.2f} ms (goal < 100 ms); "
-          f"text box re-encode {explorer.last_encode_ms:.0f} ms; CPU share {share['cpu_share']:.2f} "
-          "(the callback is single-threaded: 0.5 is one full core of two)")
+    print(
+        f"{args.ticks} slider ticks on {len(STARTER_SENTENCES)} texts, d_sae {sae.cfg.d_sae}: redraw median "
+        f"{statistics.median(redraws):.2f} ms, max {max(redraws):.2f} ms (goal < 100 ms); "
+        f"text box re-encode {explorer.last_encode_ms:.0f} ms; CPU share {share['cpu_share']:.2f} "
+        "(the callback is single-threaded: 0.5 is one full core of two)"
+    )
 
 
 COMMANDS = {"collect": bench_collect, "explorer": bench_explorer}

@@ -9,6 +9,7 @@ Random data, no store; latents never count as dead, so AuxK (absent from the ref
 and the steps compared do the same work. Every timing records its CPU share; one below 0.9 means another process
 took a core, so the measurement is repeated (up to --repeats times) and flagged if it stays noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from saelib.bench import peak_rss_mb, reset_peak_rss, timed
 from saelib.sae import ARCHS, SAE, SAEConfig
-from saelib.train import TrainConfig, _TrainState, _train_step
+from saelib.train import TrainConfig, _train_step, _TrainState
 
 SHAPES = ((512, 2048), (576, 4608))  # (d_in, d_sae)
 MIN_CPU_SHARE = 0.9
@@ -102,9 +103,13 @@ def _measure(steps: dict, n_tokens: int, seconds: float, repeats: int) -> dict:
                 total["peak_rss_mb"] = max(total["peak_rss_mb"], peak_rss_mb())
         for name, total in totals.items():
             cpu_share = total["cpu"] / total["seconds"]
-            results[name] = {"tokens_per_s": total["steps"] * n_tokens / total["seconds"], "cpu_share": cpu_share,
-                             "peak_rss_mb": total["peak_rss_mb"], "attempts": attempt,
-                             "noisy": cpu_share < MIN_CPU_SHARE}
+            results[name] = {
+                "tokens_per_s": total["steps"] * n_tokens / total["seconds"],
+                "cpu_share": cpu_share,
+                "peak_rss_mb": total["peak_rss_mb"],
+                "attempts": attempt,
+                "noisy": cpu_share < MIN_CPU_SHARE,
+            }
         pending = {name: step for name, step in pending.items() if results[name]["noisy"]}
         if not pending:
             break
@@ -128,21 +133,32 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown arch(s) {unknown}; choose from {ARCHS}")
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, k {args.k}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, k {args.k}"
+    )
 
     header = f"{'shape':>11} {'step':>14} {'tok/s':>9} {'/dense-ref':>10} {'/roofline':>9} {'RSS MB':>7} {'CPU':>5}"
     rows = []
     for d_in, d_sae in SHAPES:
         batch = torch.randn(args.batch_size, d_in)
-        steps = {"roofline 6 GEMM": _roofline_step(d_in, d_sae, args.batch_size),
-                 "dense ref topk": _dense_reference_step(d_in, d_sae, args.k, batch)}
+        steps = {
+            "roofline 6 GEMM": _roofline_step(d_in, d_sae, args.batch_size),
+            "dense ref topk": _dense_reference_step(d_in, d_sae, args.k, batch),
+        }
         steps.update({arch: _our_step(arch, d_in, d_sae, args.k, batch) for arch in archs})
         results = _measure(steps, args.batch_size, args.seconds, args.repeats)
-        roofline, dense = results["roofline 6 GEMM"]["tokens_per_s"], results["dense ref topk"]["tokens_per_s"]
+        roofline, dense = (
+            results["roofline 6 GEMM"]["tokens_per_s"],
+            results["dense ref topk"]["tokens_per_s"],
+        )
         for name, r in results.items():
             flag = " NOISY" if r["noisy"] else ""
-            rows.append(f"{d_in:>4}x{d_sae:<6} {name:>14} {r['tokens_per_s']:9.0f} {r['tokens_per_s'] / dense:10.2f} "
-                        f"{r['tokens_per_s'] / roofline:9.2f} {r['peak_rss_mb']:7.0f} {r['cpu_share']:5.2f}{flag}")
-        print("\n".join([header, *rows[-len(results):]]), flush=True)
-    print("\nratios: tokens/s of the step over the dense reference TopK step and over the six-GEMM roofline.\n"
-          "CPU = process CPU time / (wall x cores); NOISY = below 0.9 after all attempts, discard that row.")
+            rows.append(
+                f"{d_in:>4}x{d_sae:<6} {name:>14} {r['tokens_per_s']:9.0f} {r['tokens_per_s'] / dense:10.2f} "
+                f"{r['tokens_per_s'] / roofline:9.2f} {r['peak_rss_mb']:7.0f} {r['cpu_share']:5.2f}{flag}"
+            )
+        print("\n".join([header, *rows[-len(results) :]]), flush=True)
+    print(
+        "\nratios: tokens/s of the step over the dense reference TopK step and over the six-GEMM roofline.\n"
+        "CPU = process CPU time / (wall x cores); NOISY = below 0.9 after all attempts, discard that row."
+    )

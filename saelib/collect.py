@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 from saelib.atomic import save_tensors, write_json, write_jsonl
 from saelib.corpus import Document
 from saelib.errors import BadArgument, BadFile
-from saelib.lm import LM
-from saelib.store import DOCUMENTS_FILE, EVAL_EVERY, MANIFEST_FILE, ActivationStore
+from saelib.lm import LM, pad_batch
+from saelib.store import DOCUMENTS_FILE, EVAL_EVERY, FORMAT_VERSION, MANIFEST_FILE, ActivationStore
 
-FORMAT_VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 TENSOR_DOC_ROWS = 64  # store_from_tensor cuts its rows into documents of this many
 
@@ -126,8 +125,9 @@ def collect(
 ) -> ActivationStore:
     """Run `corpus` (texts or Documents) through `lm` and store activations at (layer, site).
 
-    The first token of each text is an attention sink with a norm ~100x the rest; it would dominate
-    the SAE's MSE, so it is left out unless `drop_first_token=False`. A few other tokens carry such
+    Every text starts with the LM's sink token (`lm.sink_token`, e.g. a BOS), never a word: position 0
+    is an attention sink with a norm ~100x the rest that would dominate the SAE's MSE, so it is left out
+    unless `drop_first_token=False`; the first word is kept. A few other tokens carry such
     "massive activations" too (a second sink, often at position 1): tokens whose norm exceeds
     `massive_ratio` x the batch's median norm are left out as well (None keeps them).
     """
@@ -152,6 +152,7 @@ def collect(
         "d_model": lm.d_model,
         "dtype": dtype,
         "max_tokens_per_text": max_tokens_per_text,
+        "sink_token": lm.sink_token,
         "drop_first_token": drop_first_token,
         "massive_ratio": massive_ratio,
         "shard_tokens": shard_tokens,
@@ -160,7 +161,7 @@ def collect(
         "corpus_spec": corpus_spec,
         "eval_split": f"document index % {EVAL_EVERY} == {EVAL_EVERY - 1}",
     }
-    input_ids = lm.tokenizer(texts, truncation=True, max_length=max_tokens_per_text)["input_ids"]
+    input_ids = lm.token_ids(texts, max_tokens_per_text)
     skip = 1 if drop_first_token else 0
     kept = [max(len(ids) - skip, 0) for ids in input_ids]
     plan = _plan_shards(kept, shard_tokens)
@@ -199,13 +200,7 @@ def padded_batches(
     order = sorted(docs, key=lambda i: len(input_ids[i]))
     for b in range(0, len(order), batch_size):
         batch_docs = order[b : b + batch_size]
-        width = max(len(input_ids[i]) for i in batch_docs)
-        ids = torch.full((len(batch_docs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch_docs):
-            ids[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
-            mask[row, : len(input_ids[i])] = 1
-        yield batch_docs, ids, mask
+        yield batch_docs, *pad_batch([input_ids[i] for i in batch_docs], pad_id)
 
 
 def massive_mask(norms: Tensor, ratio: float | None, reference: Tensor | None = None) -> Tensor:

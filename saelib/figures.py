@@ -1,7 +1,7 @@
 """Every matplotlib figure of saelib, and the question each answers. Each returns its Figure, so a
 notebook cell shows it and a report can save it.
 
-    token_norms         why is the first token left out? (its norm towers over the rest)
+    token_norms         why is position 0 left out? (the sink token's norm towers over the words)
     norm_histogram      how are activation norms spread in the store? (a long tail: a few huge tokens)
     LiveCurves          is training converging? (loss, FVU, L0, dead % while it runs)
     density_histogram   how many latents are dead, rare or dense? (from `evaluate`'s metrics)
@@ -37,7 +37,8 @@ def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, squ
 
 # ---- collection ----------------------------------------------------------------------------------
 def token_norms(sample) -> Figure:
-    """Per-token activation norms of a few texts (log scale): the first token towers over the rest."""
+    """Per-token activation norms of a few texts (log scale): position 0, the sink token, towers over the
+    words that follow it."""
     fig, axes = new_figure((4 * len(sample.acts), 3), ncols=len(sample.acts), squeeze=False)
     for ax, acts, tokens in zip(axes[0], sample.acts, sample.tokens):
         norms = acts.norm(dim=-1).numpy()
@@ -45,7 +46,7 @@ def token_norms(sample) -> Figure:
         ax.set_yscale("log")
         ax.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], rotation=90, fontsize=8)
         median = float(acts[1:].norm(dim=-1).median())
-        ax.set_title(f"first token {norms[0]:,.0f} vs median {median:,.0f}", fontsize=9)
+        ax.set_title(f"{tokens[0]!r} (sink) {norms[0]:,.0f} vs median word {median:,.0f}", fontsize=9)
     axes[0][0].set_ylabel("activation norm")
     return fig
 

@@ -142,6 +142,35 @@ def _find_blocks(model: nn.Module) -> nn.ModuleList:
     raise BadArgument(f"Cannot find the {n_layers} transformer blocks of {type(model).__name__}")
 
 
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-padded input_ids [n, longest] and the attention mask marking real tokens."""
+    input_ids = torch.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
+def _sink_id(tokenizer) -> int | None:
+    """The token to put before every text so that position 0, the attention sink, is never a word.
+
+    The first token of a sequence gathers attention and grows a norm ~100x the rest: it is left out of
+    training and metrics. A tokenizer that adds no BOS (SmolLM2, GPT-2, Pythia) would make that the first
+    word, so we prepend the model's BOS token, else its end-of-text token (what it saw between documents).
+    """
+    probe = tokenizer("a")["input_ids"]
+    if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
+        return None
+    sink = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if sink is None:
+        raise BadArgument(
+            "This tokenizer has neither a BOS nor an EOS token, so saelib cannot put an attention-sink token "
+            "before each text; set tokenizer.bos_token to a special token of the model first"
+        )
+    return sink
+
+
 def _first(output):
     """Blocks and attention modules return a tuple in some architectures; the tensor is first."""
     return output[0] if isinstance(output, tuple) else output
@@ -170,6 +199,9 @@ class LM:
         self.n_layers = len(self.blocks)
         self.d_model = model.config.hidden_size
         self.device = next(model.parameters()).device
+        self.sink_id = _sink_id(tokenizer)  # prepended to every text; None if the tokenizer adds a BOS itself
+        first = self.sink_id if self.sink_id is not None else tokenizer.bos_token_id
+        self.sink_token = tokenizer.convert_ids_to_tokens(first)  # recorded in manifests and SAE metadata
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, name: str = "custom") -> LM:
@@ -205,15 +237,22 @@ class LM:
         raise BadArgument(f"{type(block).__name__} has no {site} module; use site='resid'")
 
     # ---- running the model ---------------------------------------------------------------
-    def tokenize(self, texts: list[str], max_length: int = 128):
+    def token_ids(self, texts: list[str] | str, max_length: int = 128) -> list[list[int]]:
+        """Token ids of each text, a sink token first (see `_sink_id`), at most `max_length` in all."""
         if isinstance(texts, str):
             texts = [texts]
-        if not texts or any(not t or not t.strip() for t in texts):
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise BadArgument("Empty text: pass non-empty strings")
-        batch = self.tokenizer(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        )
-        return batch.to(self.device)
+        if max_length < 2:
+            raise BadArgument(f"max_length must be >= 2 (the sink token and one word), got {max_length}")
+        prefix = [] if self.sink_id is None else [self.sink_id]
+        encoded = self.tokenizer(texts, truncation=True, max_length=max_length - len(prefix))["input_ids"]
+        return [prefix + ids for ids in encoded]
+
+    def tokenize(self, texts: list[str] | str, max_length: int = 128) -> dict[str, Tensor]:
+        """`token_ids` as a right-padded batch on the model's device: input_ids and attention_mask."""
+        input_ids, attention_mask = pad_batch(self.token_ids(texts, max_length), self.tokenizer.pad_token_id)
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
     def forward_to(
         self, input_ids: Tensor, attention_mask: Tensor | None, layer: int, site: str = "resid"
@@ -238,7 +277,7 @@ class LM:
     def activations(
         self, texts, layer: int | None = None, site: str = "resid", max_length: int = 128
     ) -> TokenActivations:
-        """Per-token activations of each text (first token included) plus its token strings."""
+        """Per-token activations of each text (the sink token first) plus its token strings."""
         layer = self.resolve(layer, site)
         batch = self.tokenize(texts, max_length)
         acts = self.forward_to(batch["input_ids"], batch["attention_mask"], layer, site)

@@ -6,8 +6,9 @@ squared deviations from the mean, L0, dead and dense latent fractions, per-laten
 Downstream (on held-out texts): next-token cross-entropy of the clean model, with the SAE's
 reconstruction replacing the activation at (layer, site), and with that activation zeroed;
 KL(clean || spliced) and CE-loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean).
-The first token of each text is an attention sink the SAE never trained on: it keeps its original
-activation in both interventions and its prediction is left out of every average.
+Position 0 holds the sink token saelib puts before every text (`lm.sink_token`), which the SAE never
+trained on: it keeps its original activation in both interventions, and its prediction (of the first
+word, the same in all three runs) is left out of every average.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def downstream_metrics(
     ):
         batch = lm.tokenize(texts[start : start + batch_size], max_length=max_length)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        # predictions made at positions 1..T-2 of real tokens; position 0 is the attention sink
+        # predictions made at positions 1..T-2 (words); position 0 is the sink token
         valid = (mask[:, 1:-1] * mask[:, 2:]).bool()
         if not valid.any():
             continue

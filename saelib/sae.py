@@ -15,6 +15,7 @@ weights so a saved SAE reads raw activations, as SAE Lens's `fold_activation_nor
 The sparse training path (`SparseEncode`, `SparseDecode`) lives here too: both are custom autograd
 functions whose backward only touches the selected (token, latent) pairs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,7 +52,9 @@ class SAEConfig:
         if self.d_in < 1 or self.d_sae < 1:
             raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.arch in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise the expansion")
+            raise ValueError(
+                f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise the expansion"
+            )
 
 
 class SAE(nn.Module):
@@ -96,7 +99,7 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def folded(self, scale: float) -> "SAE":
+    def folded(self, scale: float) -> SAE:
         """A copy that takes raw activations x, given this SAE was trained on scale * x."""
         out = copy.deepcopy(self)
         out.W_enc.mul_(scale)
@@ -143,7 +146,9 @@ class SAE(nn.Module):
             "activation_fn_kwargs": activation_kwargs,
             "model_name": meta.get("model"),
             # SAE Lens needs a string here even when the layer is unknown
-            "hook_name": HOOK_NAMES.get(site, site) if layer is None else f"blocks.{layer}.{HOOK_NAMES.get(site, site)}",
+            "hook_name": HOOK_NAMES.get(site, site)
+            if layer is None
+            else f"blocks.{layer}.{HOOK_NAMES.get(site, site)}",
             "hook_layer": layer,
             "hook_head_index": None,
             "context_size": meta.get("context_size", 128),
@@ -164,26 +169,33 @@ def load_sae(path: str | os.PathLike) -> SAE:
     if (path / "sae" / CONFIG_FILE).exists():
         path = path / "sae"
     if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
-        raise ValueError(f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train")
+        raise ValueError(
+            f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train"
+        )
     try:
         cfg_dict = json.loads((path / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path / CONFIG_FILE} is corrupt ({err}); train the SAE again") from err
     ours = dict(cfg_dict.get("saelib") or {})
     if "arch" not in ours:
-        raise ValueError(f"{path / CONFIG_FILE} was not written by saelib (no 'saelib' block); "
-                         "load it with sae_lens.SAE.load_from_disk instead")
+        raise ValueError(
+            f"{path / CONFIG_FILE} was not written by saelib (no 'saelib' block); "
+            "load it with sae_lens.SAE.load_from_disk instead"
+        )
     arch, k = ours.pop("arch"), ours.pop("k")
     sae = SAE(SAEConfig(cfg_dict["d_in"], cfg_dict["d_sae"], arch=arch, k=k), meta=ours)
     try:
         sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     except (SafetensorError, OSError, RuntimeError) as err:  # truncated file, missing or misshapen tensors
-        raise ValueError(f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
-                         f"({str(err).splitlines()[0][:200]}); train the SAE again") from err
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
+            f"({str(err).splitlines()[0][:200]}); train the SAE again"
+        ) from err
     return sae.eval()
 
 
 # ---- sparse training path ------------------------------------------------------------------------
+
 
 def _sum_by_latent(rows: Tensor, cols: Tensor, weights: Tensor, dense: Tensor, d_sae: int) -> Tensor:
     """out[j] = sum over entries n with cols[n] == j of weights[n] * dense[rows[n]]   -> [d_sae, d].
@@ -195,8 +207,9 @@ def _sum_by_latent(rows: Tensor, cols: Tensor, weights: Tensor, dense: Tensor, d
     counts = torch.bincount(cols, minlength=d_sae)
     offsets = torch.zeros(d_sae + 1, dtype=torch.long, device=cols.device)
     torch.cumsum(counts, 0, out=offsets[1:])
-    return F.embedding_bag(rows[order], dense, offsets, mode="sum", per_sample_weights=weights[order],
-                           include_last_offset=True)
+    return F.embedding_bag(
+        rows[order], dense, offsets, mode="sum", per_sample_weights=weights[order], include_last_offset=True
+    )
 
 
 def row_offsets(rows: Tensor, n_rows: int) -> Tensor:
@@ -244,14 +257,18 @@ class SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, W_dec: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor):
         ctx.save_for_backward(values, W_dec, rows, cols, offsets)
-        return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=values, include_last_offset=True)
+        return F.embedding_bag(
+            cols, W_dec, offsets, mode="sum", per_sample_weights=values, include_last_offset=True
+        )
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         values, W_dec, rows, cols, offsets = ctx.saved_tensors
         with warnings.catch_warnings():  # "sparse CSR support is in beta" (used for this one product)
             warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(offsets, cols, torch.zeros_like(values), size=(len(grad_out), len(W_dec)))
+            pattern = torch.sparse_csr_tensor(
+                offsets, cols, torch.zeros_like(values), size=(len(grad_out), len(W_dec))
+            )
             grad_values = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t()).values()
         grad_W_dec = _sum_by_latent(rows, cols, values, grad_out, len(W_dec))
         return grad_values, grad_W_dec, None, None, None

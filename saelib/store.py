@@ -21,6 +21,8 @@ from torch import Tensor
 from saelib.corpus import read_jsonl
 from saelib.errors import BadArgument, BadFile
 
+# 2: every text starts with the LM's sink token, so dropping position 0 drops no word (1 dropped the first word)
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.jsonl"
 EVAL_EVERY = 20  # documents whose index % 20 == 19 form the eval split
@@ -57,6 +59,11 @@ class ActivationStore:
             self.manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as err:
             raise self._damaged(f"{manifest_path} is corrupt ({err})") from err
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise self._damaged(
+                f"{self.path} was collected by an older saelib (format {self.manifest.get('format_version')}, "
+                f"now {FORMAT_VERSION}) that left out the first word of every text"
+            )
         if not self.manifest.get("complete"):
             raise BadFile(
                 f"The collection in {self.path} is unfinished; rerun saelib.collect with the same "
@@ -68,6 +75,7 @@ class ActivationStore:
         m = self.manifest
         self.n_tokens, self.d_model, self.model_name = m["n_tokens"], m["d_model"], m["model"]
         self.layer, self.site = m["layer"], m["site"]
+        self.sink_token = m.get("sink_token")  # None for a store made from a tensor
         self.mean = torch.tensor(m["mean"], dtype=torch.float32)
         self.mean_norm, self.mean_sq_norm = m["mean_norm"], m["mean_sq_norm"]
         self._offsets = [0]

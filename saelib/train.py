@@ -9,15 +9,16 @@ Inputs are scaled so their mean squared norm is d_in; the scale is folded back i
 Batch order depends only on (seed, epoch), and a checkpoint holds every tensor the loop reads, so
 a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,13 @@ class TrainConfig:
     progress: bool = True
 
 
-def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
-          callback: Callable[[int, dict], None] | None = None, **overrides) -> SAE:
+def train(
+    store,
+    run_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    **overrides,
+) -> SAE:
     """Train an SAE on `store`; checkpoints to run_dir/checkpoints, writes run_dir/sae, returns the SAE.
 
     The returned and saved SAE reads raw activations. If run_dir already holds a checkpoint of the
@@ -74,19 +80,28 @@ def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
     cfg = _resolve_config(cfg, overrides)
     d_in = store.d_model
     if not math.isfinite(store.mean_sq_norm) or store.mean_sq_norm <= 0:
-        raise ValueError(f"The store at {store.path} has NaN/inf or all-zero activations "
-                         f"(mean squared norm {store.mean_sq_norm}); collect it again")
+        raise ValueError(
+            f"The store at {store.path} has NaN/inf or all-zero activations "
+            f"(mean squared norm {store.mean_sq_norm}); collect it again"
+        )
     sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, arch=cfg.arch, k=cfg.k)
     run_dir = Path(run_dir)
     scale = math.sqrt(d_in / store.mean_sq_norm)
     n_train = store.count_tokens("train")
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"The store's train split has {n_train} tokens, fewer than batch_size={cfg.batch_size}; "
-                         "lower batch_size or collect more text")
+        raise ValueError(
+            f"The store's train split has {n_train} tokens, fewer than batch_size={cfg.batch_size}; "
+            "lower batch_size or collect more text"
+        )
     total_steps = math.ceil(cfg.n_tokens / cfg.batch_size) if cfg.n_tokens else cfg.epochs * steps_per_epoch
-    meta = {"model": store.model_name, "layer": store.layer, "site": store.site, "norm_scale": scale,
-            "train": {**asdict(cfg), "n_train_tokens": n_train, "total_steps": total_steps}}
+    meta = {
+        "model": store.model_name,
+        "layer": store.layer,
+        "site": store.site,
+        "norm_scale": scale,
+        "train": {**asdict(cfg), "n_train_tokens": n_train, "total_steps": total_steps},
+    }
 
     sae = SAE(sae_cfg, meta)
     state = _TrainState(sae_cfg, cfg)
@@ -100,7 +115,9 @@ def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
         if callback is not None:
             callback(entry["step"], entry)
 
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"train {cfg.arch}", disable=not cfg.progress)
+    bar = tqdm(
+        total=total_steps, initial=step, unit="step", desc=f"train {cfg.arch}", disable=not cfg.progress
+    )
     running = _RunningStats()
     while step < total_steps:
         epoch, start = divmod(step, steps_per_epoch)
@@ -108,22 +125,28 @@ def train(store, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
         for _ in range(start, steps_per_epoch):
             acts = next(batches)
             if not torch.isfinite(acts).all():
-                raise ValueError(f"A training batch (epoch {epoch}) holds NaN/inf activations; the store at "
-                                 f"{store.path} is corrupt: collect it again")
+                raise ValueError(
+                    f"A training batch (epoch {epoch}) holds NaN/inf activations; the store at "
+                    f"{store.path} is corrupt: collect it again"
+                )
             lr = cfg.lr * _lr_factor(step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             stats = _train_step(sae, optimizer, state, acts * scale, step, total_steps, cfg)
             if not math.isfinite(stats["loss"]):
-                raise ValueError(f"Training diverged at step {step} (loss {stats['loss']}); lower lr "
-                                 f"(now {cfg.lr}). The last good checkpoint in {ckpt_dir} is kept")
+                raise ValueError(
+                    f"Training diverged at step {step} (loss {stats['loss']}); lower lr "
+                    f"(now {cfg.lr}). The last good checkpoint in {ckpt_dir} is kept"
+                )
             step += 1
             bar.update(1)
             running.add(stats)
             if step % cfg.log_every == 0 or step == total_steps:
                 logged = {**running.mean(), "dead_frac": state.dead_frac(), "lr": lr}
                 history.append({"step": step, **logged})
-                bar.set_postfix(fvu=f"{logged['fvu']:.3f}", l0=f"{logged['l0']:.1f}", dead=f"{logged['dead_frac']:.1%}")
+                bar.set_postfix(
+                    fvu=f"{logged['fvu']:.3f}", l0=f"{logged['l0']:.1f}", dead=f"{logged['dead_frac']:.1%}"
+                )
                 if callback is not None:
                     callback(step, logged)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
@@ -151,6 +174,7 @@ def _resolve_config(cfg: TrainConfig | None, overrides: dict) -> TrainConfig:
 
 
 # ---- initialisation and schedules ----------------------------------------------------------------
+
 
 @torch.no_grad()
 def _initialise(sae: SAE, store, cfg: TrainConfig, scale: float) -> None:
@@ -195,6 +219,7 @@ def _warmup(step: int, total: int, frac: float) -> float:
 
 # ---- one step ------------------------------------------------------------------------------------
 
+
 class _TrainState:
     """Tensors the loop carries between steps besides weights and Adam: all saved in checkpoints."""
 
@@ -205,8 +230,11 @@ class _TrainState:
         self.dead_tokens = cfg.dead_tokens
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"tokens_since_fired": self.tokens_since_fired, "threshold_avg": self.threshold_avg,
-                "threshold_updates": self.threshold_updates}
+        return {
+            "tokens_since_fired": self.tokens_since_fired,
+            "threshold_avg": self.threshold_avg,
+            "threshold_updates": self.threshold_updates,
+        }
 
     def load(self, tensors: dict[str, Tensor]) -> None:
         for name, value in self.tensors().items():
@@ -240,8 +268,9 @@ class _RunningStats:
         return out
 
 
-def _train_step(sae: SAE, optimizer, state: _TrainState, x: Tensor, step: int, total: int,
-                cfg: TrainConfig) -> dict:
+def _train_step(
+    sae: SAE, optimizer, state: _TrainState, x: Tensor, step: int, total: int, cfg: TrainConfig
+) -> dict:
     """One Adam step on a normalised batch; returns float stats (loss, mse, fvu, l0)."""
     if sae.cfg.arch in ("topk", "batchtopk"):
         loss, recon, l0 = _sparse_loss(sae, x, state, cfg)
@@ -289,13 +318,17 @@ def _sparse_loss(sae: SAE, x: Tensor, state: _TrainState, cfg: TrainConfig):
     bias = sae.b_enc - sae.b_dec @ sae.W_enc
     values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select)
     main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
-    recon = SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows)) + sae.b_dec
+    recon = (
+        SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows))
+        + sae.b_dec
+    )
     loss = (recon - x).pow(2).sum(1).mean()
     if k_aux:
         # dead latents learn to predict what the live ones missed (Gao et al., 2024, appendix A.2)
         aux_rows, aux_cols = rows[n_main:], cols[n_main:]
-        aux_recon = SparseDecode.apply(F.relu(values[n_main:]), sae.W_dec, aux_rows, aux_cols,
-                                       row_offsets(aux_rows, n_rows))
+        aux_recon = SparseDecode.apply(
+            F.relu(values[n_main:]), sae.W_dec, aux_rows, aux_cols, row_offsets(aux_rows, n_rows)
+        )
         residual = (x - recon).detach()
         aux_loss = (aux_recon - residual).pow(2).sum(1).mean()
         loss = loss + cfg.aux_coeff * min(1.0, n_dead / (cfg.k_aux or sae.cfg.d_in // 2)) * aux_loss
@@ -398,13 +431,24 @@ def _drop_parallel_grad(W_dec) -> None:
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 
-def _save_checkpoint(ckpt_dir: Path, step: int, sae: SAE, optimizer, state: _TrainState, cfg: TrainConfig,
-                     d_in: int, history: list[dict]) -> None:
+
+def _save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    sae: SAE,
+    optimizer,
+    state: _TrainState,
+    cfg: TrainConfig,
+    d_in: int,
+    history: list[dict],
+) -> None:
     """Write checkpoints/step-NNNNNNN as a temp folder renamed into place, then drop older ones."""
     for name, tensor in sae.state_dict().items():
         if not torch.isfinite(tensor).all():
-            raise ValueError(f"{name} holds NaN/inf at step {step}; not overwriting the checkpoint in {ckpt_dir}. "
-                             "Lower lr and train again")
+            raise ValueError(
+                f"{name} holds NaN/inf at step {step}; not overwriting the checkpoint in {ckpt_dir}. "
+                "Lower lr and train again"
+            )
     tensors = {f"sae.{name}": t.detach().clone().contiguous() for name, t in sae.state_dict().items()}
     opt_state = optimizer.state_dict()
     for index, entry in opt_state["state"].items():
@@ -427,8 +471,9 @@ def _save_checkpoint(ckpt_dir: Path, step: int, sae: SAE, optimizer, state: _Tra
             shutil.rmtree(old)
 
 
-def _load_checkpoint(ckpt_dir: Path, sae: SAE, optimizer, state: _TrainState, cfg: TrainConfig,
-                     d_in: int) -> tuple[int | None, list[dict]]:
+def _load_checkpoint(
+    ckpt_dir: Path, sae: SAE, optimizer, state: _TrainState, cfg: TrainConfig, d_in: int
+) -> tuple[int | None, list[dict]]:
     """Restore the newest checkpoint into sae/optimizer/state; return its step (None if there is none)
     and the logged stats so far."""
     found = sorted(ckpt_dir.glob("step-*")) if ckpt_dir.exists() else []
@@ -437,13 +482,17 @@ def _load_checkpoint(ckpt_dir: Path, sae: SAE, optimizer, state: _TrainState, cf
     latest = found[-1]
     info = json.loads((latest / "state.json").read_text())
     if info["d_in"] != d_in:
-        raise ValueError(f"The checkpoint in {ckpt_dir} is for d_in={info['d_in']} but this store has "
-                         f"d_model={d_in}; use the store it was trained on or a new run_dir")
+        raise ValueError(
+            f"The checkpoint in {ckpt_dir} is for d_in={info['d_in']} but this store has "
+            f"d_model={d_in}; use the store it was trained on or a new run_dir"
+        )
     saved, current = info["config"], asdict(cfg)
     changed = sorted(k for k in current if k not in WATCH_FIELDS and saved.get(k) != current[k])
     if changed:
-        raise ValueError(f"{ckpt_dir} holds a checkpoint made with different settings ({', '.join(changed)}); "
-                         "pass the same settings to resume, or use a new run_dir")
+        raise ValueError(
+            f"{ckpt_dir} holds a checkpoint made with different settings ({', '.join(changed)}); "
+            "pass the same settings to resume, or use a new run_dir"
+        )
     tensors = load_file(str(latest / "state.safetensors"))
     sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
     opt_state = optimizer.state_dict()

@@ -132,9 +132,25 @@ def test_bad_dtype_layer_and_site(tmp_path, tiny_llama):
         collect(tiny_llama, TEXTS[:2], tmp_path, site="embed", progress=False)
 
 
-def test_single_token_texts_collect_nothing(tmp_path, tiny_llama):
-    with pytest.raises(BadArgument, match="No tokens collected"):
-        collect(tiny_llama, ["a", "b"], tmp_path, progress=False)
+def test_no_word_is_lost(tmp_path, tiny_llama):
+    """The tiny tokenizer adds no BOS: every word of every text, one-word texts too, gets a row."""
+    texts = ["Dogs", "London is a major city.", *TEXTS[:5]]
+    store = collect(tiny_llama, texts, tmp_path, layer=1, massive_ratio=None, progress=False)
+    shard = next(store.shards())
+    for doc, text in enumerate(texts):
+        words = tiny_llama.tokenizer(text)["input_ids"]
+        rows = shard.doc == doc
+        assert shard.token_ids[rows].tolist() == words, text
+        assert shard.pos[rows].tolist() == list(range(1, len(words) + 1))  # position 0 is the sink token
+    assert store.sink_token == store.manifest["sink_token"] == "<|endoftext|>"
+
+
+def test_a_store_of_the_old_format_is_refused(tmp_path, tiny_llama):
+    collect(tiny_llama, TEXTS[:3], tmp_path, layer=1, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(BadFile, match="left out the first word.*collect again"):
+        open_store(tmp_path)
 
 
 def test_changed_settings_in_the_same_dir_are_refused(tmp_path, tiny_llama):
@@ -173,7 +189,7 @@ def test_massive_activations_are_left_out_and_counted(tmp_path, tiny_llama, monk
     norms = shard.acts.norm(dim=1)
     assert 1 not in shard.pos.tolist() and norms.max() < 10 * norms.median()
     ids, focus = store.context(shard.offset, before=0, after=0)
-    assert ids == [tiny_llama.tokenizer(TEXTS[0])["input_ids"][2]] and focus == 0
+    assert ids == [tiny_llama.token_ids([TEXTS[0]])[0][2]] and focus == 0
 
 
 def test_padded_batches_sort_by_length_and_mask_the_padding():

@@ -51,7 +51,7 @@ def test_feature_figures_render_and_pyplot_keeps_none(tmp_path):
     assert plt.get_fignums() == []  # closed at once: only the returned object shows them
     for fig in figs:
         fig.savefig(tmp_path / "fig.png")
-    assert len(figs[0].axes) == 2 and "first token" in figs[0].axes[0].get_title()
+    assert len(figs[0].axes) == 2 and "'a' (sink)" in figs[0].axes[0].get_title()
     assert figs[1].axes[0].get_title() == "3 alive, 1 never fired"
     assert figs[2].axes[0].get_xlim() == (0.1, 1.0)  # zoomed to the bins that hold counts
     assert figs[3].axes[0].get_yticklabels()[1].get_text().endswith("…")

@@ -3,9 +3,10 @@
 import pytest
 import torch
 from conftest import make_tiny_lm
+from tokenizers.processors import TemplateProcessing
 
 from saelib.errors import BadArgument
-from saelib.lm import load_lm
+from saelib.lm import LM, load_lm
 
 TEXTS = ["Dogs are man's best friend.", "London is a major city with many parks and old streets."]
 
@@ -53,7 +54,28 @@ def test_activations_per_text_with_token_strings(tiny_neox):
     out = tiny_neox.activations(TEXTS, layer=2)
     assert len(out.acts) == 2 and out.acts[0].shape[1] == tiny_neox.d_model
     assert [len(a) for a in out.acts] == [len(t) for t in out.tokens] == [len(t) for t in out.token_ids]
-    assert "".join(out.tokens[0]) == TEXTS[0]
+    assert out.tokens[0][0] == tiny_neox.sink_token == "<|endoftext|>"  # no BOS: the EOS token is the sink
+    assert "".join(out.tokens[0][1:]) == TEXTS[0]  # every word follows it
+
+
+def test_sink_token_is_prepended_once_and_counts_in_max_length(tiny_llama):
+    words = tiny_llama.tokenizer("Dogs are man's best friend.")["input_ids"]
+    ids = tiny_llama.token_ids(["Dogs are man's best friend."], max_length=128)[0]
+    assert ids == [tiny_llama.sink_id, *words]
+    assert len(tiny_llama.token_ids(["Dogs are man's best friend."], max_length=3)[0]) == 3
+
+
+def test_a_tokenizer_that_adds_bos_gets_no_second_sink():
+    lm = make_tiny_lm("llama")
+    tokenizer = lm.tokenizer
+    tokenizer.bos_token = "<|endoftext|>"
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tokenizer.bos_token_id)]
+    )
+    relabelled = LM.from_model(lm.model, tokenizer)
+    assert relabelled.sink_id is None and relabelled.sink_token == "<|endoftext|>"
+    ids = relabelled.token_ids(["Dogs run."])[0]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
 def test_default_layer_is_the_middle_one(tiny_llama):

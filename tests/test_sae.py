@@ -1,4 +1,5 @@
 """SAE module: sparse autograd against dense autograd, save/load, folding the input scale."""
+
 import json
 
 import pytest

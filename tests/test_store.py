@@ -53,7 +53,7 @@ def test_documents_and_context(tmp_path, tiny_llama):
     row = shard.offset + 3
     ids, focus = store.context(row, before=2, after=1)
     assert ids[focus] == shard.token_ids[3].item()
-    doc_ids = tiny_llama.tokenizer(TEXTS[shard.doc[3].item()])["input_ids"]
+    doc_ids = tiny_llama.token_ids([TEXTS[shard.doc[3].item()]])[0]
     pos = shard.pos[3].item()
     assert ids == doc_ids[pos - focus : pos + len(ids) - focus]
     with pytest.raises(BadArgument, match="out of range"):

@@ -1,4 +1,5 @@
 """Training: each arch recovers planted features, resume is exact, bad input fails cleanly."""
+
 import json
 
 import pytest
@@ -46,8 +47,17 @@ ARCH_SETTINGS = {
 def test_each_arch_recovers_planted_features(arch, planted, tmp_path):
     store, features = planted
     stats = []
-    sae = train(store, tmp_path, arch=arch, expansion=3, batch_size=256, epochs=6, progress=False,
-                callback=lambda step, s: stats.append(s), **ARCH_SETTINGS[arch])
+    sae = train(
+        store,
+        tmp_path,
+        arch=arch,
+        expansion=3,
+        batch_size=256,
+        epochs=6,
+        progress=False,
+        callback=lambda step, s: stats.append(s),
+        **ARCH_SETTINGS[arch],
+    )
     assert recovery(sae, features) >= 0.9
     assert stats[-1]["fvu"] < 0.35 and set(stats[-1]) >= {"loss", "mse", "fvu", "l0", "dead_frac", "lr"}
     loaded = load_sae(tmp_path / "sae")
@@ -59,11 +69,23 @@ def test_each_arch_recovers_planted_features(arch, planted, tmp_path):
 @pytest.mark.parametrize("arch", ["topk", "jumprelu"])
 def test_resume_equals_uninterrupted(arch, planted, tmp_path):
     store, _ = planted
-    settings = dict(arch=arch, expansion=2, batch_size=512, epochs=2, checkpoint_every=7, log_every=1,
-                    dead_tokens=3000, progress=False)
+    settings = dict(
+        arch=arch,
+        expansion=2,
+        batch_size=512,
+        epochs=2,
+        checkpoint_every=7,
+        log_every=1,
+        dead_tokens=3000,
+        progress=False,
+    )
     full_log = []
-    full = train(store, tmp_path / "full", callback=lambda step, stats: full_log.append((step, stats["fvu"])),
-                 **settings)
+    full = train(
+        store,
+        tmp_path / "full",
+        callback=lambda step, stats: full_log.append((step, stats["fvu"])),
+        **settings,
+    )
 
     def interrupt(step, _stats):
         if step == 17:
@@ -73,8 +95,12 @@ def test_resume_equals_uninterrupted(arch, planted, tmp_path):
         train(store, tmp_path / "resumed", callback=interrupt, **settings)
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-0000014"]
     resumed_log = []
-    resumed = train(store, tmp_path / "resumed", callback=lambda step, stats: resumed_log.append((step, stats["fvu"])),
-                    **settings)
+    resumed = train(
+        store,
+        tmp_path / "resumed",
+        callback=lambda step, stats: resumed_log.append((step, stats["fvu"])),
+        **settings,
+    )
     for name, tensor in full.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
     assert resumed_log == full_log  # the curves of a resumed run start at step 1, as if never interrupted

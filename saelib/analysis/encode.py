@@ -1,7 +1,8 @@
 """From texts to SAE latents: run the LM to the SAE's layer and encode every token.
 
-Convention: a text's score for a feature is its maximum activation over tokens, skipping the
-first token (the attention sink has a huge norm and the SAE never saw it in training).
+Convention: a text's score for a feature is its maximum activation over tokens, skipping position 0:
+the sink token the LM puts before every text (`lm.sink_token`: a huge norm, never seen in training).
+Every word of the text counts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def hook_point(lm, sae) -> tuple[int, str]:
 
 
 def max_over_tokens(latents: Tensor, skip_first: bool = True) -> Tensor:
-    """[n_tokens, d_sae] -> [d_sae]; drops the first token unless it is the only one."""
+    """[n_tokens, d_sae] -> [d_sae]; drops position 0 (the sink token) unless it is the only one."""
     if skip_first and latents.shape[0] > 1:
         latents = latents[1:]
     return latents.max(dim=0).values

@@ -26,8 +26,8 @@ class TextActivations:
     """Per-token SAE latents of a few texts, computed once; every per-text view reads these."""
 
     texts: list[str]
-    tokens: list[list[str]]  # decoded tokens, first token included
-    latents: list[Tensor]  # [n_tokens_i, d_sae] float32 each, first token included
+    tokens: list[list[str]]  # decoded tokens, the sink token first
+    latents: list[Tensor]  # [n_tokens_i, d_sae] float32 each, the sink token's row first
     skip_first: bool = True
     text_max: Tensor = field(init=False)  # [n_texts, d_sae] max over tokens
 
