@@ -1,4 +1,5 @@
 """A small sweep of TopK SAEs at other k, to place one SAE on the L0-FVU frontier."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ from saelib.metrics import evaluate
 from saelib.train import TrainConfig, train
 
 
-def frontier_sweep(store, run_dir: str | os.PathLike, ks: Sequence[int], epochs: int = 3,
-                   base: TrainConfig | None = None) -> list[dict]:
+def frontier_sweep(
+    store, run_dir: str | os.PathLike, ks: Sequence[int], epochs: int = 3, base: TrainConfig | None = None
+) -> list[dict]:
     """Train a TopK SAE per k into run_dir/frontier/topk-k{k} and return their {l0, fvu, label}.
 
     Points come from the store's eval split only (no LM), so the sweep costs training time alone.
