@@ -17,8 +17,8 @@ from saelib.atomic import save_tensors, write_json
 from saelib.errors import BadFile
 
 
-def write_checkpoint(ckpt_dir: Path, step: int, tensors: dict[str, Tensor], info: dict) -> Path:
-    """Write ckpt_dir/step-NNNNNNN, then drop older checkpoints; returns the new folder."""
+def write_checkpoint(ckpt_dir: Path, step: int, tensors: dict[str, Tensor], info: dict) -> None:
+    """Write ckpt_dir/step-NNNNNNN, then drop older checkpoints."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:07d}"
     tmp = ckpt_dir / f".tmp-step-{step:07d}"
@@ -32,7 +32,6 @@ def write_checkpoint(ckpt_dir: Path, step: int, tensors: dict[str, Tensor], info
     for old in ckpt_dir.glob("step-*"):
         if old != final:
             shutil.rmtree(old)
-    return final
 
 
 def read_latest_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Tensor], dict] | None:

@@ -114,12 +114,9 @@ def train(
         if callback is not None:
             callback(entry["step"], entry)
 
+    desc = f"train {cfg.arch}"
     bar = tqdm(
-        total=total_steps,
-        initial=trainer.steps_done,
-        unit="step",
-        desc=f"train {cfg.arch}",
-        disable=not cfg.progress,
+        total=total_steps, initial=trainer.steps_done, unit="step", desc=desc, disable=not cfg.progress
     )
     while trainer.steps_done < total_steps:
         epoch, start = divmod(trainer.steps_done, steps_per_epoch)
@@ -213,8 +210,12 @@ class Trainer:
             self._count(out, len(x))
             sse = (out.recon - x).pow(2).sum()
             total_var = (x - x.mean(0)).pow(2).sum()
-        stats = {"loss": out.loss.item(), "mse": sse.item() / x.numel(), "fvu": (sse / total_var).item()}
-        stats["l0"] = out.l0
+        stats = {
+            "loss": out.loss.item(),
+            "mse": sse.item() / x.numel(),
+            "fvu": (sse / total_var).item(),
+            "l0": out.l0,
+        }
         for key, value in stats.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
         self._n_summed += 1
