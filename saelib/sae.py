@@ -12,8 +12,8 @@ that rule by one global threshold afterwards (Bussmann et al., 2024), so it save
 Training normalises inputs to mean squared norm d_in; `folded(scale)` moves that scale into the
 weights so a saved SAE reads raw activations, as SAE Lens's `fold_activation_norm_scaling_factor`.
 
-The sparse training path (`SparseEncode`, `SparseDecode`) lives here too: both are custom autograd
-functions whose backward only touches the selected (token, latent) pairs.
+The module needs only torch and safetensors (no notebook dependencies), so a bare SAE Lens venv can
+import it; the sparse training path is in `saelib.sparse_ops`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ from __future__ import annotations
 import copy
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from saelib.atomic import save_tensors, write_json
+from saelib.errors import BadArgument, BadFile
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -48,11 +50,11 @@ class SAEConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"Unknown arch {self.arch!r}; use one of {ARCHS}")
+            raise BadArgument(f"Unknown arch {self.arch!r}; use one of {ARCHS}")
         if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+            raise BadArgument(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.arch in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
-            raise ValueError(
+            raise BadArgument(
                 f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise the expansion"
             )
 
@@ -84,6 +86,11 @@ class SAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Latents [.., d_sae] of activations [.., d_in]."""
+        if x.shape[-1:] != (self.cfg.d_in,):
+            raise BadArgument(
+                f"This SAE reads d_in={self.cfg.d_in} activations ({self._trained_on()}); got a tensor of "
+                f"shape {tuple(x.shape)}. Pass activations of that model, layer and site"
+            )
         pre = self.pre_acts(x)
         if self.cfg.arch == "relu":
             return F.relu(pre)
@@ -93,7 +100,22 @@ class SAE(nn.Module):
         return F.relu(pre) * (pre > self.threshold)
 
     def decode(self, latents: Tensor) -> Tensor:
+        """Reconstruction [.., d_in] of latents [.., d_sae]."""
+        if latents.shape[-1:] != (self.cfg.d_sae,):
+            raise BadArgument(
+                f"This SAE decodes d_sae={self.cfg.d_sae} latents ({self._trained_on()}); got a tensor of "
+                f"shape {tuple(latents.shape)}. Pass latents from this SAE's encode"
+            )
         return latents @ self.W_dec + self.b_dec
+
+    def _trained_on(self) -> str:
+        """'SmolLM2-135M layer 15 resid', from what the metadata records."""
+        layer = self.meta.get("layer")
+        parts = [self.meta.get("model"), None if layer is None else f"layer {layer}", self.meta.get("site")]
+        return (
+            " ".join(str(part) for part in parts if part is not None)
+            or "where it was trained is not recorded"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
@@ -109,19 +131,15 @@ class SAE(nn.Module):
         return out
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-        """Write cfg.json + sae_weights.safetensors (SAE Lens layout), each to a temp name then renamed.
-
-        (Not via saelib.atomic: this module must import alone, see scripts/check_saelens.py.)"""
+        """Write cfg.json + sae_weights.safetensors (SAE Lens layout), each written whole or not at all."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, **(metadata or {})}
-        tensors = {name: t.detach().float().contiguous() for name, t in self.state_dict().items()}
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path / WEIGHTS_FILE)
-        tmp = path / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(self._sae_lens_config(meta), indent=1))
-        os.replace(tmp, path / CONFIG_FILE)
+        save_tensors(
+            {name: t.detach().float().contiguous() for name, t in self.state_dict().items()},
+            path / WEIGHTS_FILE,
+        )
+        write_json(path / CONFIG_FILE, self._sae_lens_config(meta))
         self.meta = meta
         return path
 
@@ -132,6 +150,7 @@ class SAE(nn.Module):
         """
         c = self.cfg
         layer, site = meta.get("layer"), meta.get("site", "resid")
+        hook = HOOK_NAMES.get(site, site)
         activation_kwargs = {"k": c.k} if c.arch == "topk" else {}
         return {
             "architecture": SAE_LENS_ARCH[c.arch],
@@ -146,9 +165,7 @@ class SAE(nn.Module):
             "activation_fn_kwargs": activation_kwargs,
             "model_name": meta.get("model"),
             # SAE Lens needs a string here even when the layer is unknown
-            "hook_name": HOOK_NAMES.get(site, site)
-            if layer is None
-            else f"blocks.{layer}.{HOOK_NAMES.get(site, site)}",
+            "hook_name": hook if layer is None else f"blocks.{layer}.{hook}",
             "hook_layer": layer,
             "hook_head_index": None,
             "context_size": meta.get("context_size", 128),
@@ -164,111 +181,40 @@ class SAE(nn.Module):
 
 
 def load_sae(path: str | os.PathLike) -> SAE:
-    """Load an SAE written by `SAE.save` (or `train`); it works on raw activations."""
+    """Load an SAE written by `SAE.save` (or `train`), from its folder or its run folder; it works on raw
+    activations."""
     path = Path(path)
-    if (path / "sae" / CONFIG_FILE).exists():
+    if not (path / CONFIG_FILE).exists() and (path / "sae").is_dir():
         path = path / "sae"
     if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
-        raise ValueError(
+        raise BadFile(
             f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train"
         )
-    try:
-        cfg_dict = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path / CONFIG_FILE} is corrupt ({err}); train the SAE again") from err
-    ours = dict(cfg_dict.get("saelib") or {})
-    if "arch" not in ours:
-        raise ValueError(
-            f"{path / CONFIG_FILE} was not written by saelib (no 'saelib' block); "
-            "load it with sae_lens.SAE.load_from_disk instead"
-        )
-    arch, k = ours.pop("arch"), ours.pop("k")
-    sae = SAE(SAEConfig(cfg_dict["d_in"], cfg_dict["d_sae"], arch=arch, k=k), meta=ours)
+    sae = SAE(*_read_config(path / CONFIG_FILE))
     try:
         sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     except (SafetensorError, OSError, RuntimeError) as err:  # truncated file, missing or misshapen tensors
-        raise ValueError(
+        raise BadFile(
             f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
             f"({str(err).splitlines()[0][:200]}); train the SAE again"
         ) from err
     return sae.eval()
 
 
-# ---- sparse training path ------------------------------------------------------------------------
-
-
-def _sum_by_latent(rows: Tensor, cols: Tensor, weights: Tensor, dense: Tensor, d_sae: int) -> Tensor:
-    """out[j] = sum over entries n with cols[n] == j of weights[n] * dense[rows[n]]   -> [d_sae, d].
-
-    This is S^T @ dense for the sparse matrix S = (rows, cols, weights), done as one embedding_bag over
-    the entries sorted by latent, so no [n_entries, d] product is ever materialised.
-    """
-    order = cols.argsort()
-    counts = torch.bincount(cols, minlength=d_sae)
-    offsets = torch.zeros(d_sae + 1, dtype=torch.long, device=cols.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    return F.embedding_bag(
-        rows[order], dense, offsets, mode="sum", per_sample_weights=weights[order], include_last_offset=True
-    )
-
-
-def row_offsets(rows: Tensor, n_rows: int) -> Tensor:
-    """CSR row pointer [n_rows + 1] of entries sorted by row."""
-    offsets = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
-    torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=offsets[1:])
-    return offsets
-
-
-class SparseEncode(torch.autograd.Function):
-    """values = (x @ W_enc + bias)[rows, cols] for the entries `select(pre)` picks.
-
-    Forward is the one dense GEMM of a TopK step. The gradient of the loss reaches only the selected
-    pre-activations, so backward is two sparse sums instead of two dense GEMMs:
-    dW_enc = x^T @ G and dbias = column sums of G, with G the sparse [batch, d_sae] gradient.
-    `x` is data and gets no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, bias: Tensor, select):
-        pre = torch.addmm(bias, x, W_enc)
-        rows, cols = select(pre)
-        values = pre[rows, cols]
-        ctx.save_for_backward(x, rows, cols)
-        ctx.d_sae = W_enc.shape[1]
-        ctx.mark_non_differentiable(rows, cols)
-        return values, rows, cols
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor, _grad_rows, _grad_cols):
-        x, rows, cols = ctx.saved_tensors
-        grad_W_enc = _sum_by_latent(rows, cols, grad_values, x, ctx.d_sae).t()
-        grad_bias = torch.zeros(ctx.d_sae, dtype=grad_values.dtype).index_add_(0, cols, grad_values)
-        return None, grad_W_enc, grad_bias, None
-
-
-class SparseDecode(torch.autograd.Function):
-    """recon[b] = sum over entries n in row b of values[n] * W_dec[cols[n]]; entries sorted by row.
-
-    Forward is an embedding_bag (k rows of W_dec per token instead of a dense GEMM); backward gives
-    the values' gradient as a sampled dense-dense product and W_dec's gradient touches only the
-    selected rows.
-    """
-
-    @staticmethod
-    def forward(ctx, values: Tensor, W_dec: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor):
-        ctx.save_for_backward(values, W_dec, rows, cols, offsets)
-        return F.embedding_bag(
-            cols, W_dec, offsets, mode="sum", per_sample_weights=values, include_last_offset=True
+def _read_config(cfg_path: Path) -> tuple[SAEConfig, dict]:
+    """SAEConfig and metadata of a cfg.json written by `SAE.save`."""
+    try:
+        cfg_dict = json.loads(cfg_path.read_text(encoding="utf-8"))
+        ours = dict(cfg_dict.get("saelib") or {})
+    except (ValueError, AttributeError, TypeError) as err:  # not JSON, or JSON but not an object
+        raise BadFile(f"{cfg_path} is corrupt ({err}); train the SAE again") from err
+    if "arch" not in ours:
+        raise BadFile(
+            f"{cfg_path} was not written by saelib (no 'saelib' block); "
+            "load it with sae_lens.SAE.load_from_disk instead"
         )
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        values, W_dec, rows, cols, offsets = ctx.saved_tensors
-        with warnings.catch_warnings():  # "sparse CSR support is in beta" (used for this one product)
-            warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(
-                offsets, cols, torch.zeros_like(values), size=(len(grad_out), len(W_dec))
-            )
-            grad_values = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t()).values()
-        grad_W_dec = _sum_by_latent(rows, cols, values, grad_out, len(W_dec))
-        return grad_values, grad_W_dec, None, None, None
+    try:
+        cfg = SAEConfig(cfg_dict["d_in"], cfg_dict["d_sae"], arch=ours.pop("arch"), k=ours.pop("k"))
+    except (KeyError, TypeError, BadArgument) as err:  # a field missing or out of range
+        raise BadFile(f"{cfg_path} is corrupt ({type(err).__name__}: {err}); train the SAE again") from err
+    return cfg, ours

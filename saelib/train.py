@@ -1,32 +1,32 @@
-"""Training loop: normalise, initialise, Adam with schedules, dead latents, checkpoints, exact resume.
+"""Training: a `Trainer` that takes one Adam step at a time, and `train()`, the loop around it that
+reads the store, logs, checkpoints and resumes.
 
-Recipes follow the papers: TopK with AuxK and unit-norm decoder rows (Gao et al., 2024), BatchTopK
-with a learned global threshold (Bussmann et al., 2024), ReLU with an L1 penalty weighted by
-decoder row norms and an unconstrained decoder (Anthropic, April 2024), JumpReLU with straight-
-through threshold gradients and an L0 penalty (Rajamanoharan et al., 2024).
+Recipes follow the papers (the losses are in `saelib.losses`): TopK with AuxK and unit-norm decoder
+rows (Gao et al., 2024), BatchTopK with a learned global threshold (Bussmann et al., 2024), ReLU with
+an L1 penalty weighted by decoder row norms and an unconstrained decoder (Anthropic, April 2024),
+JumpReLU with straight-through threshold gradients and an L0 penalty (Rajamanoharan et al., 2024).
 
 Inputs are scaled so their mean squared norm is d_in; the scale is folded back into the saved SAE.
-Batch order depends only on (seed, epoch), and a checkpoint holds every tensor the loop reads, so
+Batch order depends only on (seed, epoch), and a checkpoint holds every tensor a step reads, so
 a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saelib.sae import SAE, SAEConfig, SparseDecode, SparseEncode, row_offsets
+from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
+from saelib.errors import BadArgument, BadFile, TrainingDiverged
+from saelib.losses import TrainLoss, dense_loss, topk_loss
+from saelib.sae import SAE, SAEConfig
 
 # fields that change only how a run is watched, not what it computes: they may differ on resume
 WATCH_FIELDS = ("progress", "log_every", "checkpoint_every")
@@ -80,7 +80,7 @@ def train(
     cfg = _resolve_config(cfg, overrides)
     d_in = store.d_model
     if not math.isfinite(store.mean_sq_norm) or store.mean_sq_norm <= 0:
-        raise ValueError(
+        raise BadFile(
             f"The store at {store.path} has NaN/inf or all-zero activations "
             f"(mean squared norm {store.mean_sq_norm}); collect it again"
         )
@@ -90,7 +90,7 @@ def train(
     n_train = store.count_tokens("train")
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise BadArgument(
             f"The store's train split has {n_train} tokens, fewer than batch_size={cfg.batch_size}; "
             "lower batch_size or collect more text"
         )
@@ -104,45 +104,40 @@ def train(
     }
 
     sae = SAE(sae_cfg, meta)
-    state = _TrainState(sae_cfg, cfg)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    trainer = Trainer(sae, cfg, total_steps)
     ckpt_dir = run_dir / "checkpoints"
-    step, history = _load_checkpoint(ckpt_dir, sae, optimizer, state, cfg, d_in)
-    if step is None:
-        step, history = 0, []
+    history = _load_checkpoint(ckpt_dir, trainer)
+    if history is None:
+        history = []
         _initialise(sae, store, cfg, scale)
     for entry in history:  # a resumed (or finished) run shows its curves from the start
         if callback is not None:
             callback(entry["step"], entry)
 
+    desc = f"train {cfg.arch}"
     bar = tqdm(
-        total=total_steps, initial=step, unit="step", desc=f"train {cfg.arch}", disable=not cfg.progress
+        total=total_steps, initial=trainer.steps_done, unit="step", desc=desc, disable=not cfg.progress
     )
-    running = _RunningStats()
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
+    while trainer.steps_done < total_steps:
+        epoch, start = divmod(trainer.steps_done, steps_per_epoch)
         batches = store.iter_batches(cfg.batch_size, seed=cfg.seed * 100_003 + epoch, skip_batches=start)
         for _ in range(start, steps_per_epoch):
             acts = next(batches)
             if not torch.isfinite(acts).all():
-                raise ValueError(
+                raise BadFile(
                     f"A training batch (epoch {epoch}) holds NaN/inf activations; the store at "
                     f"{store.path} is corrupt: collect it again"
                 )
-            lr = cfg.lr * _lr_factor(step, total_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            stats = _train_step(sae, optimizer, state, acts * scale, step, total_steps, cfg)
+            stats = trainer.step(acts * scale)
+            step = trainer.steps_done
             if not math.isfinite(stats["loss"]):
-                raise ValueError(
+                raise TrainingDiverged(
                     f"Training diverged at step {step} (loss {stats['loss']}); lower lr "
                     f"(now {cfg.lr}). The last good checkpoint in {ckpt_dir} is kept"
                 )
-            step += 1
             bar.update(1)
-            running.add(stats)
             if step % cfg.log_every == 0 or step == total_steps:
-                logged = {**running.mean(), "dead_frac": state.dead_frac(), "lr": lr}
+                logged = trainer.log_stats()
                 history.append({"step": step, **logged})
                 bar.set_postfix(
                     fvu=f"{logged['fvu']:.3f}", l0=f"{logged['l0']:.1f}", dead=f"{logged['dead_frac']:.1%}"
@@ -150,12 +145,12 @@ def train(
                 if callback is not None:
                     callback(step, logged)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                _save_checkpoint(ckpt_dir, step, sae, optimizer, state, cfg, d_in, history)
+                _save_checkpoint(ckpt_dir, trainer, history)
             if step == total_steps:
                 break
     bar.close()
     final = sae.folded(scale).eval()
-    final.meta["train"]["final_dead_frac"] = state.dead_frac()
+    final.meta["train"]["final_dead_frac"] = trainer.dead_frac()
     final.save(run_dir / "sae")
     return final
 
@@ -164,16 +159,131 @@ def _resolve_config(cfg: TrainConfig | None, overrides: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"Unknown training option(s) {unknown}; TrainConfig has {sorted(names)}")
+        raise BadArgument(f"Unknown training option(s) {unknown}; TrainConfig has {sorted(names)}")
     cfg = replace(cfg or TrainConfig(), **overrides)
     if cfg.batch_size < 1 or cfg.epochs < 1 or (cfg.n_tokens is not None and cfg.n_tokens < 1):
-        raise ValueError("batch_size, epochs and n_tokens must be positive")
+        raise BadArgument("batch_size, epochs and n_tokens must be positive")
     if cfg.b_dec_init not in ("geometric_median", "mean"):
-        raise ValueError(f"b_dec_init must be 'geometric_median' or 'mean', not {cfg.b_dec_init!r}")
+        raise BadArgument(f"b_dec_init must be 'geometric_median' or 'mean', not {cfg.b_dec_init!r}")
     return cfg
 
 
-# ---- initialisation and schedules ----------------------------------------------------------------
+class Trainer:
+    """An SAE in training: Adam, the lr and penalty schedules, and the per-latent counters the losses read.
+
+    `step(batch)` takes one Adam step on a batch already scaled to mean squared norm d_in; `train()` is
+    a loop around it. `state_dict()` holds every tensor the next step reads (weights, Adam moments,
+    counters), so a trainer restored from it continues exactly. Arch and k come from `sae.cfg`.
+    """
+
+    COUNTERS = ("tokens_since_fired", "threshold_avg", "threshold_updates")
+
+    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
+        self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.lr = cfg.lr  # of the latest step
+        self.steps_done = 0
+        self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+        self.threshold_avg = torch.zeros((), dtype=torch.float64)  # batchtopk, before debiasing
+        self.threshold_updates = torch.zeros((), dtype=torch.long)
+        self._sums: dict[str, float] = {}  # of the step stats since the last log_stats()
+        self._n_summed = 0
+
+    def step(self, x: Tensor) -> dict[str, float]:
+        """One Adam step on a normalised batch [batch, d_in]; returns its loss, mse, fvu, l0 and lr."""
+        sae, cfg = self.sae, self.cfg
+        self.lr = cfg.lr * _lr_factor(self.steps_done, self.total_steps, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        out = self._loss(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        unit_norm = sae.cfg.arch in ("topk", "batchtopk")
+        if unit_norm:
+            _drop_parallel_grad(sae.W_dec)
+        self.optimizer.step()
+        with torch.no_grad():
+            if unit_norm:
+                sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
+            if sae.cfg.arch == "jumprelu":
+                sae.threshold.clamp_(min=0)  # keeps pre > threshold a subset of pre > 0, as at inference
+            self._count(out, len(x))
+            sse = (out.recon - x).pow(2).sum()
+            total_var = (x - x.mean(0)).pow(2).sum()
+        stats = {
+            "loss": out.loss.item(),
+            "mse": sse.item() / x.numel(),
+            "fvu": (sse / total_var).item(),
+            "l0": out.l0,
+        }
+        for key, value in stats.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._n_summed += 1
+        return {**stats, "lr": self.lr}
+
+    def _loss(self, x: Tensor) -> TrainLoss:
+        cfg, d_in = self.cfg, self.sae.cfg.d_in
+        if self.sae.cfg.arch in ("topk", "batchtopk"):
+            return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff)
+        if self.sae.cfg.arch == "relu":
+            coeff = cfg.l1_coeff * _warmup(self.steps_done, self.total_steps, cfg.l1_warmup_frac)
+        else:
+            coeff = cfg.l0_coeff * _warmup(self.steps_done, self.total_steps, cfg.l0_warmup_frac)
+        return dense_loss(self.sae, x, coeff, cfg.jumprelu_bandwidth)
+
+    def _count(self, out: TrainLoss, n_tokens: int) -> None:
+        """Advance the step and the tokens since each latent fired; move the BatchTopK threshold towards
+        a debiased moving average of the smallest kept activation."""
+        self.steps_done += 1
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[out.fired] = 0
+        if self.sae.cfg.arch == "batchtopk" and len(out.active_values):
+            lr = self.cfg.threshold_lr
+            self.threshold_avg.mul_(1 - lr).add_(lr * out.active_values.min().double())
+            self.threshold_updates += 1
+            debiased = self.threshold_avg / (1 - (1 - lr) ** self.threshold_updates.item())
+            self.sae.threshold.fill_(debiased.item())
+
+    def dead_mask(self) -> Tensor:
+        """Latents that have not fired in the last `cfg.dead_tokens` training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def dead_frac(self) -> float:
+        return self.dead_mask().float().mean().item()
+
+    def log_stats(self) -> dict[str, float]:
+        """Means of loss, mse, fvu and l0 over the steps since the last call, with dead_frac and lr now."""
+        means = {key: total / self._n_summed for key, total in self._sums.items()}
+        self._sums, self._n_summed = {}, 0
+        return {**means, "dead_frac": self.dead_frac(), "lr": self.lr}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Weights, Adam moments and counters as flat named tensors: what a checkpoint saves."""
+        tensors = {f"sae.{name}": t for name, t in self.sae.state_dict().items()}
+        for index, entry in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"adam.{index}.{key}": value for key, value in entry.items()})
+        tensors.update({f"state.{name}": getattr(self, name) for name in self.COUNTERS})
+        tensors["state.steps_done"] = torch.tensor(self.steps_done)
+        return {name: t.detach().clone().contiguous() for name, t in tensors.items()}
+
+    def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        """Continue from what `state_dict()` returned."""
+        self.sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
+        opt_state = self.optimizer.state_dict()
+        for index in range(len(opt_state["param_groups"][0]["params"])):
+            entry = {key.split(".")[2]: t for key, t in tensors.items() if key.startswith(f"adam.{index}.")}
+            if entry:
+                opt_state["state"][index] = entry
+        self.optimizer.load_state_dict(opt_state)
+        for name in self.COUNTERS:
+            getattr(self, name).copy_(tensors[f"state.{name}"])
+        self.steps_done = int(tensors["state.steps_done"])
+
+
+@torch.no_grad()
+def _drop_parallel_grad(W_dec) -> None:
+    """Remove the gradient component along each unit decoder row: it would only change the norm."""
+    W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
 
 
 @torch.no_grad()
@@ -217,289 +327,36 @@ def _warmup(step: int, total: int, frac: float) -> float:
     return min(1.0, (step + 1) / max(1, round(frac * total)))
 
 
-# ---- one step ------------------------------------------------------------------------------------
-
-
-class _TrainState:
-    """Tensors the loop carries between steps besides weights and Adam: all saved in checkpoints."""
-
-    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig):
-        self.tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
-        self.threshold_avg = torch.zeros((), dtype=torch.float64)  # batchtopk, before debiasing
-        self.threshold_updates = torch.zeros((), dtype=torch.long)
-        self.dead_tokens = cfg.dead_tokens
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {
-            "tokens_since_fired": self.tokens_since_fired,
-            "threshold_avg": self.threshold_avg,
-            "threshold_updates": self.threshold_updates,
-        }
-
-    def load(self, tensors: dict[str, Tensor]) -> None:
-        for name, value in self.tensors().items():
-            value.copy_(tensors[name])
-
-    def record_fired(self, fired: Tensor, n_tokens: int) -> None:
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
-
-    def dead_mask(self) -> Tensor:
-        return self.tokens_since_fired >= self.dead_tokens
-
-    def dead_frac(self) -> float:
-        return self.dead_mask().float().mean().item()
-
-
-class _RunningStats:
-    """Means of the per-step stats since the last log line."""
-
-    def __init__(self):
-        self.sums, self.count = {}, 0
-
-    def add(self, stats: dict) -> None:
-        for key, value in stats.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.count += 1
-
-    def mean(self) -> dict:
-        out = {key: value / self.count for key, value in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return out
-
-
-def _train_step(
-    sae: SAE, optimizer, state: _TrainState, x: Tensor, step: int, total: int, cfg: TrainConfig
-) -> dict:
-    """One Adam step on a normalised batch; returns float stats (loss, mse, fvu, l0)."""
-    if sae.cfg.arch in ("topk", "batchtopk"):
-        loss, recon, l0 = _sparse_loss(sae, x, state, cfg)
-    else:
-        loss, recon, l0 = _dense_loss(sae, x, state, step, total, cfg)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    unit_norm = sae.cfg.arch in ("topk", "batchtopk")
-    if unit_norm:
-        _drop_parallel_grad(sae.W_dec)
-    optimizer.step()
-    with torch.no_grad():
-        if unit_norm:
-            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
-        if sae.cfg.arch == "jumprelu":
-            sae.threshold.clamp_(min=0)  # keeps pre > threshold a subset of pre > 0, as at inference
-    with torch.no_grad():
-        sse = (recon - x).pow(2).sum()
-        total_var = (x - x.mean(0)).pow(2).sum()
-    return {"loss": loss.item(), "mse": sse.item() / x.numel(), "fvu": (sse / total_var).item(), "l0": l0}
-
-
-def _sparse_loss(sae: SAE, x: Tensor, state: _TrainState, cfg: TrainConfig):
-    """TopK / BatchTopK: one dense GEMM, everything else on the selected latents only."""
-    n_rows, d_sae, k = len(x), sae.cfg.d_sae, sae.cfg.k
-    dead = state.dead_mask()
-    n_dead = int(dead.sum())
-    k_aux = min(cfg.k_aux or sae.cfg.d_in // 2, n_dead)
-    n_main = n_rows * k
-
-    def select(pre: Tensor) -> tuple[Tensor, Tensor]:
-        if sae.cfg.arch == "topk":
-            rows = torch.arange(n_rows).repeat_interleave(k)
-            cols = pre.topk(k, dim=1, sorted=False).indices.flatten()
-        else:  # the n_rows * k largest of the whole batch, in row order
-            flat = batch_top_indices(pre.flatten(), n_main).sort().values
-            rows, cols = flat // d_sae, flat % d_sae
-        if k_aux == 0:
-            return rows, cols
-        dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
-        aux_cols = dead_cols[pre[:, dead_cols].topk(k_aux, dim=1, sorted=False).indices.flatten()]
-        return torch.cat([rows, torch.arange(n_rows).repeat_interleave(k_aux)]), torch.cat([cols, aux_cols])
-
-    # (x - b_dec) @ W_enc + b_enc, with b_dec's share as a bias so no gradient flows through x
-    bias = sae.b_enc - sae.b_dec @ sae.W_enc
-    values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select)
-    main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
-    recon = (
-        SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows))
-        + sae.b_dec
-    )
-    loss = (recon - x).pow(2).sum(1).mean()
-    if k_aux:
-        # dead latents learn to predict what the live ones missed (Gao et al., 2024, appendix A.2)
-        aux_rows, aux_cols = rows[n_main:], cols[n_main:]
-        aux_recon = SparseDecode.apply(
-            F.relu(values[n_main:]), sae.W_dec, aux_rows, aux_cols, row_offsets(aux_rows, n_rows)
-        )
-        residual = (x - recon).detach()
-        aux_loss = (aux_recon - residual).pow(2).sum(1).mean()
-        loss = loss + cfg.aux_coeff * min(1.0, n_dead / (cfg.k_aux or sae.cfg.d_in // 2)) * aux_loss
-    with torch.no_grad():
-        active = main_values > 0
-        state.record_fired(main_cols[active].unique(), n_rows)
-        if sae.cfg.arch == "batchtopk" and active.any():
-            _update_batch_threshold(sae, state, main_values[active].min(), cfg.threshold_lr)
-    return loss, recon, active.sum().item() / n_rows
-
-
-def batch_top_indices(values: Tensor, n: int) -> Tensor:
-    """Indices of the n largest entries of a flat tensor, 3-4x faster than topk over all of it.
-
-    A strided sample gives a cut-off a bit below the n-th largest value; if at least n entries lie
-    above it, they contain the whole top n, so only those candidates go through topk (exact).
-    """
-    sample = values[:: max(1, len(values) // 200_000)]
-    keep = min(len(sample), math.ceil(1.5 * n * len(sample) / len(values)) + 16)
-    if keep < len(sample):
-        cutoff = sample.kthvalue(len(sample) - keep + 1).values
-        candidates = (values >= cutoff).nonzero().squeeze(1)
-        if len(candidates) >= n:
-            return candidates[values[candidates].topk(n, sorted=False).indices]
-    return values.topk(n, sorted=False).indices
-
-
-@torch.no_grad()
-def _update_batch_threshold(sae: SAE, state: _TrainState, smallest: Tensor, lr: float) -> None:
-    state.threshold_avg.mul_(1 - lr).add_(lr * smallest.double())
-    state.threshold_updates += 1
-    debiased = state.threshold_avg / (1 - (1 - lr) ** state.threshold_updates.item())
-    sae.threshold.fill_(debiased.item())
-
-
-def _dense_loss(sae: SAE, x: Tensor, state: _TrainState, step: int, total: int, cfg: TrainConfig):
-    """ReLU / JumpReLU: dense encoder and decoder GEMMs."""
-    pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
-    if sae.cfg.arch == "relu":
-        latents = F.relu(pre)
-        sparsity = (latents @ sae.W_dec.norm(dim=1)).mean()
-        coeff = cfg.l1_coeff * _warmup(step, total, cfg.l1_warmup_frac)
-    else:
-        latents = _JumpReLU.apply(pre, sae.threshold, cfg.jumprelu_bandwidth)
-        sparsity = _Step.apply(pre, sae.threshold, cfg.jumprelu_bandwidth).sum(1).mean()
-        coeff = cfg.l0_coeff * _warmup(step, total, cfg.l0_warmup_frac)
-    recon = latents @ sae.W_dec + sae.b_dec
-    loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
-    with torch.no_grad():
-        active = latents > 0
-        state.record_fired(active.any(0), len(x))
-    return loss, recon.detach(), active.sum().item() / len(x)
-
-
-def _rectangle(u: Tensor) -> Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-
-
-class _JumpReLU(torch.autograd.Function):
-    """pre * H(pre - threshold); the threshold's gradient uses a rectangle kernel of width `bandwidth`."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        pre, threshold = ctx.saved_tensors
-        grad_pre = grad_out * (pre > threshold)
-        kernel = _rectangle((pre - threshold) / ctx.bandwidth) / ctx.bandwidth
-        grad_threshold = -(threshold * kernel * grad_out).sum(0)
-        return grad_pre, grad_threshold, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - threshold), counting active latents. Its pseudo-gradient reaches both the threshold
-    and the pre-activations near it, so the encoder too learns to stay below threshold (as in
-    Anthropic's January 2025 JumpReLU recipe); the threshold alone moves too slowly under Adam."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        pre, threshold = ctx.saved_tensors
-        grad_pre = _rectangle((pre - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_out
-        return grad_pre, -grad_pre.sum(0), None
-
-
-@torch.no_grad()
-def _drop_parallel_grad(W_dec) -> None:
-    """Remove the gradient component along each unit decoder row: it would only change the norm."""
-    W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-
-def _save_checkpoint(
-    ckpt_dir: Path,
-    step: int,
-    sae: SAE,
-    optimizer,
-    state: _TrainState,
-    cfg: TrainConfig,
-    d_in: int,
-    history: list[dict],
-) -> None:
-    """Write checkpoints/step-NNNNNNN as a temp folder renamed into place, then drop older ones."""
-    for name, tensor in sae.state_dict().items():
+def _save_checkpoint(ckpt_dir: Path, trainer: Trainer, history: list[dict]) -> None:
+    for name, tensor in trainer.sae.state_dict().items():
         if not torch.isfinite(tensor).all():
-            raise ValueError(
-                f"{name} holds NaN/inf at step {step}; not overwriting the checkpoint in {ckpt_dir}. "
-                "Lower lr and train again"
+            raise TrainingDiverged(
+                f"{name} holds NaN/inf at step {trainer.steps_done}; not overwriting the checkpoint in "
+                f"{ckpt_dir}. Lower lr and train again"
             )
-    tensors = {f"sae.{name}": t.detach().clone().contiguous() for name, t in sae.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    for index, entry in opt_state["state"].items():
-        for key, value in entry.items():
-            tensors[f"adam.{index}.{key}"] = value.detach().clone().contiguous()
-    tensors.update({f"state.{name}": t.clone() for name, t in state.tensors().items()})
-    info = {"step": step, "d_in": d_in, "config": asdict(cfg), "history": history}
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step-{step:07d}"
-    tmp = ckpt_dir / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(info, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in ckpt_dir.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old)
+    info = {"d_in": trainer.sae.cfg.d_in, "config": asdict(trainer.cfg), "history": history}
+    write_checkpoint(ckpt_dir, trainer.steps_done, trainer.state_dict(), info)
 
 
-def _load_checkpoint(
-    ckpt_dir: Path, sae: SAE, optimizer, state: _TrainState, cfg: TrainConfig, d_in: int
-) -> tuple[int | None, list[dict]]:
-    """Restore the newest checkpoint into sae/optimizer/state; return its step (None if there is none)
-    and the logged stats so far."""
-    found = sorted(ckpt_dir.glob("step-*")) if ckpt_dir.exists() else []
-    if not found:
-        return None, []
-    latest = found[-1]
-    info = json.loads((latest / "state.json").read_text())
+def _load_checkpoint(ckpt_dir: Path, trainer: Trainer) -> list[dict] | None:
+    """Restore the newest checkpoint into `trainer` and return the stats logged so far (None if there
+    is no checkpoint)."""
+    latest = read_latest_checkpoint(ckpt_dir)
+    if latest is None:
+        return None
+    tensors, info = latest
+    d_in = trainer.sae.cfg.d_in
     if info["d_in"] != d_in:
-        raise ValueError(
+        raise BadFile(
             f"The checkpoint in {ckpt_dir} is for d_in={info['d_in']} but this store has "
             f"d_model={d_in}; use the store it was trained on or a new run_dir"
         )
-    saved, current = info["config"], asdict(cfg)
+    saved, current = info["config"], asdict(trainer.cfg)
     changed = sorted(k for k in current if k not in WATCH_FIELDS and saved.get(k) != current[k])
     if changed:
-        raise ValueError(
+        raise BadFile(
             f"{ckpt_dir} holds a checkpoint made with different settings ({', '.join(changed)}); "
             "pass the same settings to resume, or use a new run_dir"
         )
-    tensors = load_file(str(latest / "state.safetensors"))
-    sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
-    opt_state = optimizer.state_dict()
-    for index in range(len(opt_state["param_groups"][0]["params"])):
-        entry = {key.split(".")[2]: t for key, t in tensors.items() if key.startswith(f"adam.{index}.")}
-        if entry:
-            opt_state["state"][index] = entry
-    optimizer.load_state_dict(opt_state)
-    state.load({name[6:]: t for name, t in tensors.items() if name.startswith("state.")})
-    return info["step"], info.get("history", [])
+    trainer.load_state_dict(tensors)
+    return info["history"]

@@ -1,25 +1,19 @@
 """Check that SAE Lens reads an SAE saved by saelib and computes the same latents and reconstruction.
 
-Run in a venv that has sae-lens installed (saelib does not depend on it):
-    python scripts/check_saelens.py runs/<name>/sae [--tokens 512]
+Run from the repository root in a venv that has sae-lens installed (saelib does not depend on it;
+`saelib.sae` needs only torch and safetensors, which sae-lens brings):
+    PYTHONPATH=. python scripts/check_saelens.py runs/<name>/sae [--tokens 512]
 Prints the max absolute differences of encode, decode and forward; exits 1 if any exceeds 1e-4
 relative to the activations' scale.
 """
+
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 
 import torch
 from sae_lens import SAE as SAELensSAE
 
-# load saelib/sae.py on its own: the package's __init__ pulls in notebook dependencies (matplotlib,
-# ipywidgets) that a bare sae-lens venv does not have, and sae.py needs only torch and safetensors
-_spec = importlib.util.spec_from_file_location("saelib_sae", Path(__file__).resolve().parents[1] / "saelib" / "sae.py")
-_sae_module = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _sae_module  # dataclasses look their module up here
-_spec.loader.exec_module(_sae_module)
-load_sae = _sae_module.load_sae
+from saelib.sae import load_sae
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("sae_dir")

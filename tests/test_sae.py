@@ -1,63 +1,13 @@
-"""SAE module: sparse autograd against dense autograd, save/load, folding the input scale."""
+"""SAE module: save/load in SAE Lens's layout, folding the input scale, errors that name the fix."""
 
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import random_sae
 
-from saelib.sae import ARCHS, SAE, SAEConfig, SparseDecode, SparseEncode, load_sae, row_offsets
-from saelib.train import batch_top_indices
-
-
-def random_sae(arch: str, d_in: int = 12, d_sae: int = 40, k: int = 5, seed: int = 0) -> SAE:
-    gen = torch.Generator().manual_seed(seed)
-    sae = SAE(SAEConfig(d_in, d_sae, arch=arch, k=k), meta={"model": "tiny", "layer": 2, "site": "resid"})
-    with torch.no_grad():
-        for param in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-        if arch in ("jumprelu", "batchtopk"):
-            sae.threshold.copy_(torch.rand(d_sae, generator=gen) * 0.3)
-    return sae
-
-
-@pytest.mark.parametrize("batch_top", [False, True])
-def test_sparse_autograd_matches_dense_reference(batch_top):
-    torch.manual_seed(0)
-    n, d_in, d_sae, k = 24, 10, 30, 4
-    x = torch.randn(n, d_in, dtype=torch.float64)
-    target = torch.randn(n, d_in, dtype=torch.float64)
-    W_enc = torch.randn(d_in, d_sae, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(d_sae, dtype=torch.float64, requires_grad=True)
-    W_dec = torch.randn(d_sae, d_in, dtype=torch.float64, requires_grad=True)
-
-    def select(pre):
-        if batch_top:  # uneven counts per row, some rows possibly empty
-            flat = pre.flatten().topk(n * k).indices.sort().values
-            return flat // d_sae, flat % d_sae
-        return torch.arange(n).repeat_interleave(k), pre.topk(k, dim=1).indices.flatten()
-
-    values, rows, cols = SparseEncode.apply(x, W_enc, bias, select)
-    recon = SparseDecode.apply(F.relu(values), W_dec, rows, cols, row_offsets(rows, n))
-    (recon - target).pow(2).sum().backward()
-    sparse_grads = [p.grad.clone() for p in (W_enc, bias, W_dec)]
-    for p in (W_enc, bias, W_dec):
-        p.grad = None
-
-    pre = x @ W_enc + bias
-    mask = torch.zeros_like(pre)
-    mask[rows, cols] = 1
-    dense_recon = (F.relu(pre) * mask) @ W_dec
-    (dense_recon - target).pow(2).sum().backward()
-    assert torch.allclose(recon, dense_recon, atol=1e-10)
-    for sparse, p in zip(sparse_grads, (W_enc, bias, W_dec)):
-        assert torch.allclose(sparse, p.grad, atol=1e-9)
-
-
-def test_batch_top_indices_is_exact():
-    values = torch.randn(50_000, generator=torch.Generator().manual_seed(1))
-    for n in (1, 37, 4000):
-        assert torch.equal(batch_top_indices(values, n).sort().values, values.topk(n).indices.sort().values)
+from saelib.errors import BadArgument, BadFile
+from saelib.sae import ARCHS, SAEConfig, load_sae
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -77,6 +27,12 @@ def test_save_load_round_trip(arch, tmp_path):
         assert cfg["activation_fn_kwargs"] == {"k": 5}
 
 
+def test_load_sae_from_its_run_folder(tmp_path):
+    sae = random_sae("topk")
+    sae.save(tmp_path / "sae")
+    assert load_sae(tmp_path).cfg == sae.cfg
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_folded_sae_reads_raw_activations(arch, tmp_path):
     sae = random_sae(arch)
@@ -90,14 +46,37 @@ def test_folded_sae_reads_raw_activations(arch, tmp_path):
 
 
 def test_bad_configs_raise():
-    with pytest.raises(ValueError, match="k=50 must be between 1 and d_sae=40"):
+    with pytest.raises(BadArgument, match="k=50 must be between 1 and d_sae=40"):
         SAEConfig(12, 40, arch="topk", k=50)
-    with pytest.raises(ValueError, match="Unknown arch"):
+    with pytest.raises(BadArgument, match="Unknown arch"):
         SAEConfig(12, 40, arch="gated")
 
 
-def test_load_sae_missing_files(tmp_path):
-    with pytest.raises(ValueError, match="No SAE at"):
+def test_width_mismatch_names_the_sae_and_where_it_was_trained():
+    sae = random_sae("topk", layer=15)
+    sae.meta["model"] = "SmolLM2-135M"
+    with pytest.raises(
+        BadArgument, match=r"reads d_in=12 activations \(SmolLM2-135M layer 15 resid\).*\(4, 10\)"
+    ):
+        sae.encode(torch.randn(4, 10))
+    with pytest.raises(
+        BadArgument, match=r"decodes d_sae=40 latents \(SmolLM2-135M layer 15 resid\).*\(3, 12\)"
+    ):
+        sae.decode(torch.randn(3, 12))
+    with pytest.raises(BadArgument, match="reads d_in=12"):
+        sae(torch.tensor(1.0))
+    sae.meta.clear()
+    with pytest.raises(BadArgument, match="where it was trained is not recorded"):
+        sae.encode(torch.randn(10))
+    assert sae.encode(torch.randn(2, 3, 12)).shape == (2, 3, 40)  # any leading shape
+
+
+def test_load_sae_missing_folder_or_files(tmp_path):
+    with pytest.raises(BadFile, match="No SAE at"):
+        load_sae(tmp_path / "nowhere")
+    random_sae("topk").save(tmp_path)
+    (tmp_path / "sae_weights.safetensors").unlink()
+    with pytest.raises(BadFile, match="No SAE at .*need cfg.json and sae_weights.safetensors"):
         load_sae(tmp_path)
 
 
@@ -105,10 +84,26 @@ def test_load_sae_corrupt_files_are_named(tmp_path):
     random_sae("topk").save(tmp_path)
     weights = tmp_path / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ValueError, match="corrupt or does not match"):
+    with pytest.raises(BadFile, match="corrupt or does not match"):
         load_sae(tmp_path)
-    (tmp_path / "cfg.json").write_text("{truncated")
-    with pytest.raises(ValueError, match="cfg.json is corrupt"):
+
+
+@pytest.mark.parametrize(
+    "text", ["{truncated", "", "[1, 2]", '{"d_in": 12, "saelib": {"arch": "topk", "k": 5}}', "\udcff"]
+)
+def test_corrupt_cfg_json_is_reported_as_corrupt(text, tmp_path):
+    random_sae("topk").save(tmp_path)
+    (tmp_path / "cfg.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(BadFile, match="cfg.json is corrupt"):
+        load_sae(tmp_path)
+
+
+def test_cfg_json_of_another_library_is_named(tmp_path):
+    random_sae("topk").save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["saelib"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadFile, match="not written by saelib"):
         load_sae(tmp_path)
 
 

@@ -1,13 +1,17 @@
-"""Training: each arch recovers planted features, resume is exact, bad input fails cleanly."""
+"""Training: each arch recovers planted features, the per-step API, exact resume, file modes, bad input
+fails cleanly."""
 
 import json
+import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from saelib.sae import load_sae
-from saelib.store import store_from_tensor
-from saelib.train import TrainConfig, train
+from saelib.collect import store_from_tensor
+from saelib.errors import BadArgument, BadFile, TrainingDiverged
+from saelib.sae import ARCHS, SAE, SAEConfig, load_sae
+from saelib.train import TrainConfig, Trainer, train
 
 D_IN, N_FEATURES = 24, 48
 
@@ -136,14 +140,14 @@ def test_nan_batch_raises_and_keeps_checkpoint(planted, tmp_path):
         train(store, tmp_path, callback=interrupt, log_every=1, **settings)
     ckpt = tmp_path / "checkpoints" / "step-0000010"
     before = (ckpt / "state.safetensors").read_bytes()
-    with pytest.raises(ValueError, match="NaN/inf activations"):
+    with pytest.raises(BadFile, match="NaN/inf activations"):
         train(NaNAfter(store, bad_batch=14), tmp_path, **settings)
     assert [p.name for p in ckpt.parent.iterdir()] == [ckpt.name]
     assert (ckpt / "state.safetensors").read_bytes() == before
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(BadFile, match="different settings"):
         train(store, tmp_path, **{**settings, "epochs": 2})
     nan_store = store_from_tensor(torch.full((600, D_IN), float("nan")), tmp_path / "nan_store")
-    with pytest.raises(ValueError, match="NaN/inf or all-zero"):
+    with pytest.raises(BadFile, match="NaN/inf or all-zero"):
         train(nan_store, tmp_path / "other", **settings)
 
 
@@ -151,17 +155,17 @@ def test_resume_with_other_d_in_raises(planted, tmp_path):
     store, _ = planted
     train(store, tmp_path, expansion=2, batch_size=512, epochs=1, progress=False)
     other = store_from_tensor(torch.randn(2000, D_IN + 1), tmp_path / "other")
-    with pytest.raises(ValueError, match="d_in=24 but this store has d_model=25"):
+    with pytest.raises(BadFile, match="d_in=24 but this store has d_model=25"):
         train(other, tmp_path, expansion=2, batch_size=512, epochs=1, progress=False)
 
 
 def test_bad_options_raise(planted, tmp_path):
     store, _ = planted
-    with pytest.raises(ValueError, match="k=100 must be between"):
+    with pytest.raises(BadArgument, match="k=100 must be between"):
         train(store, tmp_path, expansion=2, k=100, progress=False)
-    with pytest.raises(ValueError, match="Unknown training option"):
+    with pytest.raises(BadArgument, match="Unknown training option"):
         train(store, tmp_path, learning_rate=1e-3)
-    with pytest.raises(ValueError, match="fewer than batch_size"):
+    with pytest.raises(BadArgument, match="fewer than batch_size"):
         train(store, tmp_path, batch_size=10**6, progress=False)
     assert not (tmp_path / "checkpoints").exists()
 
@@ -171,3 +175,87 @@ def test_train_config_is_json_in_saved_metadata(planted, tmp_path):
     train(store, tmp_path, TrainConfig(expansion=2, batch_size=512, epochs=1, progress=False))
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["saelib"]["train"]["batch_size"] == 512 and cfg["saelib"]["model"] == "synthetic"
+
+
+def normalised_batches(n_batches: int, batch_size: int = 256) -> list[torch.Tensor]:
+    """Planted activations scaled to mean squared norm d_in, as `train` feeds `Trainer.step`."""
+    acts, _ = planted_acts(n_batches * batch_size)
+    acts = acts * (D_IN / acts.pow(2).sum(1).mean()).sqrt()
+    return list(acts.split(batch_size))
+
+
+def new_trainer(arch: str, batches: list[torch.Tensor], **settings) -> Trainer:
+    """A Trainer on a fresh SAE with unit decoder rows, encoder = decoder transposed, b_dec at the mean."""
+    sae = SAE(SAEConfig(D_IN, 2 * D_IN, arch=arch, k=4))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.W_dec.copy_(F.normalize(torch.randn(2 * D_IN, D_IN, generator=gen), dim=1))
+        sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_dec.copy_(torch.cat(batches).mean(0))
+    return Trainer(sae, TrainConfig(arch=arch, k=4, **settings), total_steps=len(batches))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trainer_step_drives_training(arch):
+    batches = normalised_batches(40)
+    trainer = new_trainer(arch, batches, lr=2e-3, warmup_frac=0.1, l0_coeff=0.01, l1_coeff=0.1)
+    first = trainer.step(batches[0])
+    assert set(first) == {"loss", "mse", "fvu", "l0", "lr"}
+    assert first["lr"] == pytest.approx(2e-3 / 4)  # first step of a 4-step warm-up
+    steps = [first] + [trainer.step(batch) for batch in batches[1:]]
+    assert trainer.steps_done == 40 and steps[-1]["lr"] == pytest.approx(2e-3 / 8)  # decays over 8 steps
+    assert steps[-1]["fvu"] < 0.5 * first["fvu"]
+    logged = trainer.log_stats()
+    assert logged["fvu"] == pytest.approx(sum(s["fvu"] for s in steps) / 40)
+    assert logged["lr"] == steps[-1]["lr"] and 0 <= logged["dead_frac"] <= 1
+    if arch in ("topk", "batchtopk"):
+        assert torch.allclose(trainer.sae.W_dec.norm(dim=1), torch.ones(2 * D_IN))
+    if arch == "batchtopk":
+        assert trainer.sae.threshold.min() > 0  # learnt from the smallest kept activations
+    assert trainer.log_stats().keys() == {"dead_frac", "lr"}  # nothing logged since the last call
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu"])
+def test_trainer_restored_from_state_dict_continues_exactly(arch):
+    batches = normalised_batches(12)
+    settings = dict(dead_tokens=512)  # some latents die, so AuxK and its counters take part
+    trainer = new_trainer(arch, batches, **settings)
+    for batch in batches[:6]:
+        trainer.step(batch)
+    restored = new_trainer(arch, batches, **settings)
+    restored.load_state_dict(trainer.state_dict())
+    assert restored.steps_done == 6
+    for batch in batches[6:]:
+        assert trainer.step(batch) == restored.step(batch)
+    for name, tensor in trainer.state_dict().items():
+        assert torch.equal(tensor, restored.state_dict()[name]), name
+
+
+def test_saved_sae_and_checkpoints_get_the_umask_mode(planted, tmp_path):
+    """A second user of a shared run folder can read it: no private temp-file modes."""
+    store, _ = planted
+    old = os.umask(0o022)
+    try:
+        train(store, tmp_path, expansion=2, batch_size=512, epochs=1, progress=False)
+    finally:
+        os.umask(old)
+    written = [tmp_path / "sae", *(tmp_path / "sae").iterdir(), *(tmp_path / "checkpoints").rglob("*")]
+    modes = {path.relative_to(tmp_path).as_posix(): oct(path.stat().st_mode & 0o777) for path in written}
+    assert len(modes) == 6, modes  # sae/ with 2 files, one checkpoint folder with 2 files
+    assert modes == {name: oct(0o755 if (tmp_path / name).is_dir() else 0o644) for name in modes}
+
+
+def test_corrupt_checkpoint_is_named(planted, tmp_path):
+    store, _ = planted
+    train(store, tmp_path, expansion=2, batch_size=512, epochs=1, progress=False)
+    (state,) = (tmp_path / "checkpoints").glob("step-*/state.safetensors")
+    state.write_bytes(state.read_bytes()[:50])
+    with pytest.raises(BadFile, match="checkpoint .* is corrupt"):
+        train(store, tmp_path, expansion=2, batch_size=512, epochs=1, progress=False)
+
+
+def test_divergence_raises_and_names_the_fix(planted, tmp_path):
+    store, _ = planted
+    settings = dict(arch="relu", lr=1e30, warmup_frac=0, expansion=2, batch_size=512, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"Training diverged at step \d+ .*lower lr"):
+        train(store, tmp_path, **settings)

@@ -6,8 +6,9 @@
   most a dense step could ever reach here.
 
 Random data, no store; latents never count as dead, so AuxK (absent from the reference) stays off
-and the steps compared do the same work. Every timing records its CPU share; one below 0.9 means another process
-took a core, so the measurement is repeated (up to --repeats times) and flagged if it stays noisy.
+and the steps compared do the same work. Every timing records its CPU share; one below 0.9 means
+another process took a core, so the measurement is repeated (up to --repeats times) and flagged if
+it stays noisy.
 """
 
 from __future__ import annotations
@@ -18,26 +19,24 @@ import os
 import torch
 import torch.nn.functional as F
 
-from saelib.bench import peak_rss_mb, reset_peak_rss, timed
+from saelib.bench.timing import MIN_CPU_SHARE, peak_rss_mb, reset_peak_rss, timed
 from saelib.sae import ARCHS, SAE, SAEConfig
-from saelib.train import TrainConfig, _train_step, _TrainState
+from saelib.train import TrainConfig, Trainer
 
-SHAPES = ((512, 2048), (576, 4608))  # (d_in, d_sae)
-MIN_CPU_SHARE = 0.9
+SHAPES = "512x2048,576x4608"  # d_in x d_sae
 
 
 def _our_step(arch: str, d_in: int, d_sae: int, k: int, batch: torch.Tensor):
-    cfg = TrainConfig(arch=arch, k=k, dead_tokens=2**62)
+    """saelib's Trainer.step at a constant lr (no warm-up or decay)."""
+    cfg = TrainConfig(arch=arch, k=k, lr=1e-4, warmup_frac=0, decay_frac=0, dead_tokens=2**62)
     sae = SAE(SAEConfig(d_in, d_sae, arch=arch, k=k))
     with torch.no_grad():
         sae.W_dec.copy_(F.normalize(torch.randn(d_sae, d_in), dim=1))
         sae.W_enc.copy_(sae.W_dec.t())
         if arch == "jumprelu":
             sae.threshold.fill_(1.0)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    state = _TrainState(sae.cfg, cfg)
-    steps = iter(range(10**9))
-    return lambda: _train_step(sae, optimizer, state, batch, next(steps), 10**9, cfg)
+    trainer = Trainer(sae, cfg, total_steps=10**9)
+    return lambda: trainer.step(batch)
 
 
 def _dense_reference_step(d_in: int, d_sae: int, k: int, batch: torch.Tensor):
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per step kind")
     parser.add_argument("--repeats", type=int, default=3, help="attempts per measurement while noisy")
     parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--shapes", default=SHAPES, help="d_in x d_sae pairs, comma-separated")
     parser.add_argument("--quick", action="store_true", help="1 s per measurement, one attempt")
     args = parser.parse_args(argv)
     if args.quick:
@@ -137,9 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, k {args.k}"
     )
 
-    header = f"{'shape':>11} {'step':>14} {'tok/s':>9} {'/dense-ref':>10} {'/roofline':>9} {'RSS MB':>7} {'CPU':>5}"
+    header = f"{'shape':>11} {'step':>14} {'tok/s':>9} {'/dense-ref':>10} {'/roofline':>9} "
+    header += f"{'RSS MB':>7} {'CPU':>5}"
     rows = []
-    for d_in, d_sae in SHAPES:
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
+    for d_in, d_sae in shapes:
         batch = torch.randn(args.batch_size, d_in)
         steps = {
             "roofline 6 GEMM": _roofline_step(d_in, d_sae, args.batch_size),
@@ -147,10 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         steps.update({arch: _our_step(arch, d_in, d_sae, args.k, batch) for arch in archs})
         results = _measure(steps, args.batch_size, args.seconds, args.repeats)
-        roofline, dense = (
-            results["roofline 6 GEMM"]["tokens_per_s"],
-            results["dense ref topk"]["tokens_per_s"],
-        )
+        roofline = results["roofline 6 GEMM"]["tokens_per_s"]
+        dense = results["dense ref topk"]["tokens_per_s"]
         for name, r in results.items():
             flag = " NOISY" if r["noisy"] else ""
             rows.append(

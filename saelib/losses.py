@@ -1,0 +1,134 @@
+"""What each arch minimises while training, on a normalised batch x [batch, d_in].
+
+- topk / batchtopk: reconstruction error, plus AuxK on the dead latents (Gao et al., 2024), through the
+  sparse ops so that only the selected latents cost anything past the encoder GEMM;
+- relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024);
+- jumprelu: reconstruction error + L0, with straight-through threshold gradients (Rajamanoharan et
+  al., 2024).
+
+Each returns a `TrainLoss`; the trainer steps the optimizer and keeps the counters (which latents
+fired, the BatchTopK threshold) from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelib.sae import SAE
+from saelib.sparse_ops import SparseDecode, SparseEncode, batch_top_indices, row_offsets
+
+
+@dataclass
+class TrainLoss:
+    loss: Tensor  # scalar, to backpropagate
+    recon: Tensor  # [batch, d_in]
+    l0: float  # active latents per token
+    fired: Tensor  # the latents active in this batch: indices or a [d_sae] mask
+    active_values: Tensor | None = None  # batchtopk: the kept latent values, for the threshold
+
+
+def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -> TrainLoss:
+    """TopK / BatchTopK: one dense GEMM, everything else on the selected latents only.
+
+    The top `k_aux` of the `dead` latents (a [d_sae] mask) of each token learn to predict what the
+    live ones missed (Gao et al., 2024, appendix A.2), weighted down while fewer than k_aux are dead.
+    """
+    n_rows, d_sae, k = len(x), sae.cfg.d_sae, sae.cfg.k
+    n_dead = int(dead.sum())
+    k_aux_now = min(k_aux, n_dead)
+    n_main = n_rows * k
+
+    def select(pre: Tensor) -> tuple[Tensor, Tensor]:
+        if sae.cfg.arch == "topk":
+            rows = torch.arange(n_rows).repeat_interleave(k)
+            cols = pre.topk(k, dim=1, sorted=False).indices.flatten()
+        else:  # the n_rows * k largest of the whole batch, in row order
+            flat = batch_top_indices(pre.flatten(), n_main).sort().values
+            rows, cols = flat // d_sae, flat % d_sae
+        if k_aux_now == 0:
+            return rows, cols
+        dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
+        aux_cols = dead_cols[pre[:, dead_cols].topk(k_aux_now, dim=1, sorted=False).indices.flatten()]
+        return torch.cat([rows, torch.arange(n_rows).repeat_interleave(k_aux_now)]), torch.cat(
+            [cols, aux_cols]
+        )
+
+    # (x - b_dec) @ W_enc + b_enc, with b_dec's share as a bias so no gradient flows through x
+    bias = sae.b_enc - sae.b_dec @ sae.W_enc
+    values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select)
+    main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
+    recon = SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows))
+    recon = recon + sae.b_dec
+    loss = (recon - x).pow(2).sum(1).mean()
+    if k_aux_now:
+        aux_rows, aux_cols = rows[n_main:], cols[n_main:]
+        aux_recon = SparseDecode.apply(
+            F.relu(values[n_main:]), sae.W_dec, aux_rows, aux_cols, row_offsets(aux_rows, n_rows)
+        )
+        aux_loss = (aux_recon - (x - recon).detach()).pow(2).sum(1).mean()
+        loss = loss + aux_coeff * min(1.0, n_dead / k_aux) * aux_loss
+    with torch.no_grad():
+        active = main_values > 0
+        active_values = main_values[active]
+    return TrainLoss(loss, recon, len(active_values) / n_rows, main_cols[active].unique(), active_values)
+
+
+def dense_loss(sae: SAE, x: Tensor, coeff: float, bandwidth: float) -> TrainLoss:
+    """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `bandwidth` is the width of the
+    straight-through kernel): dense encoder and decoder GEMMs."""
+    pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
+    if sae.cfg.arch == "relu":
+        latents = F.relu(pre)
+        sparsity = (latents @ sae.W_dec.norm(dim=1)).mean()
+    else:
+        latents = _JumpReLU.apply(pre, sae.threshold, bandwidth)
+        sparsity = _Step.apply(pre, sae.threshold, bandwidth).sum(1).mean()
+    recon = latents @ sae.W_dec + sae.b_dec
+    loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
+    with torch.no_grad():
+        active = latents > 0
+    return TrainLoss(loss, recon.detach(), active.sum().item() / len(x), active.any(0))
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre * H(pre - threshold); the threshold's gradient uses a rectangle kernel of width `bandwidth`."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        pre, threshold = ctx.saved_tensors
+        grad_pre = grad_out * (pre > threshold)
+        kernel = _rectangle((pre - threshold) / ctx.bandwidth) / ctx.bandwidth
+        grad_threshold = -(threshold * kernel * grad_out).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - threshold), counting active latents. Its pseudo-gradient reaches both the threshold
+    and the pre-activations near it, so the encoder too learns to stay below threshold (as in
+    Anthropic's January 2025 JumpReLU recipe); the threshold alone moves too slowly under Adam."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        pre, threshold = ctx.saved_tensors
+        grad_pre = _rectangle((pre - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_out
+        return grad_pre, -grad_pre.sum(0), None
