@@ -2,7 +2,8 @@
 
 A store folder holds manifest.json (settings, per-shard entries, statistics), documents.jsonl (one
 {"text": ...} per document) and shard-NNNNN.safetensors files with the columns of `Shard`.
-`saelib.collect` writes it. Reading streams shards, so memory stays flat however large the store grows.
+`saelib.collection.collect` writes it. Reading streams shards, so memory stays flat however large the
+store grows.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 from saelib.corpus import read_jsonl
 from saelib.errors import BadArgument, BadFile
 
-# 2: every text starts with the LM's sink token, so dropping position 0 drops no word (1 dropped the first word)
+# 2: every text starts with the LM's sink token, so dropping position 0 drops no word (1 dropped the first)
 FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.jsonl"
@@ -61,8 +62,9 @@ class ActivationStore:
             raise self._damaged(f"{manifest_path} is corrupt ({err})") from err
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise self._damaged(
-                f"{self.path} was collected by an older saelib (format {self.manifest.get('format_version')}, "
-                f"now {FORMAT_VERSION}) that left out the first word of every text"
+                f"{self.path} was collected by an older saelib (format "
+                f"{self.manifest.get('format_version')}, now {FORMAT_VERSION}) that left out the first word "
+                "of every text"
             )
         if not self.manifest.get("complete"):
             raise BadFile(

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from saelib.metrics import evaluate
-from saelib.train import TrainConfig, train
+from saelib.training import TrainConfig, train
 
 
 def frontier_sweep(

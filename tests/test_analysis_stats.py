@@ -7,7 +7,7 @@ import torch
 from conftest import identity_sae
 
 from saelib import analysis
-from saelib.collect import store_from_tensor
+from saelib.collection import store_from_tensor
 from saelib.errors import BadArgument
 
 

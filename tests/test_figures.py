@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, identity_sae
 
 from saelib import figures
-from saelib.collect import store_from_tensor
+from saelib.collection import store_from_tensor
 from saelib.metrics import evaluate
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import identity_sae
 
-from saelib.collect import collect, store_from_tensor
+from saelib.collection import collect, store_from_tensor
 from saelib.errors import BadArgument
 from saelib.metrics import evaluate, log10_density
 from saelib.sae import SAE, SAEConfig

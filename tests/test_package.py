@@ -12,7 +12,7 @@ PACKAGE = ROOT / "saelib"
 NOTEBOOK_ONLY = ("matplotlib", "ipywidgets")
 
 
-@pytest.mark.parametrize("module", ["saelib", "saelib.sae", "saelib.train"])
+@pytest.mark.parametrize("module", ["saelib", "saelib.sae", "saelib.training"])
 def test_import_pulls_no_notebook_dependencies(module):
     """`import saelib.sae` works in a venv that has only torch and safetensors (e.g. for SAE Lens)."""
     code = f"import sys, {module}; print([m for m in {NOTEBOOK_ONLY} if m in sys.modules])"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saelib import analysis, report
-from saelib.collect import collect
+from saelib.collection import collect
 from saelib.errors import BadArgument
 
 

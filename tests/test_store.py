@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saelib.collect import collect, store_from_tensor
+from saelib.collection import collect, store_from_tensor
 from saelib.errors import BadArgument, BadFile
 from saelib.store import ActivationStore, open_store
 

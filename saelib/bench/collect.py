@@ -10,7 +10,7 @@ import tempfile
 import torch
 
 from saelib.bench.timing import MIN_CPU_SHARE, peak_rss_mb, reset_peak_rss, timed
-from saelib.collect import collect, padded_batches
+from saelib.collection import collect, padded_batches
 from saelib.corpus import load_corpus
 from saelib.lm import load_lm
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from saelib.bench.timing import MIN_CPU_SHARE, peak_rss_mb, reset_peak_rss, timed
 from saelib.sae import ARCHS, SAE, SAEConfig
-from saelib.train import TrainConfig, Trainer
+from saelib.training import TrainConfig, Trainer
 
 SHAPES = "512x2048,576x4608"  # d_in x d_sae
 

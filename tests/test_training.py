@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saelib.collect import store_from_tensor
+from saelib.collection import store_from_tensor
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.sae import ARCHS, SAE, SAEConfig, load_sae
-from saelib.train import TrainConfig, Trainer, train
+from saelib.training import TrainConfig, Trainer, train
 
 D_IN, N_FEATURES = 24, 48
 
