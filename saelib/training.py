@@ -75,7 +75,7 @@ def train(
 
     The returned and saved SAE reads raw activations. If run_dir already holds a checkpoint of the
     same config, training resumes from it. `callback(step, stats)` gets loss, mse, fvu, l0,
-    dead_frac and lr every `log_every` steps (e.g. a `saelib.plots.LiveCurves`).
+    dead_frac and lr every `log_every` steps (e.g. a `saelib.figures.LiveCurves`).
     """
     cfg = _resolve_config(cfg, overrides)
     d_in = store.d_model
@@ -99,6 +99,7 @@ def train(
         "model": store.model_name,
         "layer": store.layer,
         "site": store.site,
+        "sink_token": store.sink_token,  # put before every text; position 0 was left out of training
         "norm_scale": scale,
         "train": {**asdict(cfg), "n_train_tokens": n_train, "total_steps": total_steps},
     }
