@@ -17,56 +17,34 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where notebooks/, data/ and runs/ live in a checkout
 
-# public name -> module that defines it
-_EXPORTS = {
-    "SaelibError": "errors",
-    "BadArgument": "errors",
-    "BadFile": "errors",
-    "TrainingDiverged": "errors",
-    "LM": "lm",
-    "SITES": "lm",
-    "load_lm": "lm",
-    "STARTER_SENTENCES": "corpus",
-    "Document": "corpus",
-    "corpus_stats": "corpus",
-    "load_concepts": "corpus",
-    "load_corpus": "corpus",
-    "collect": "collect",
-    "ActivationStore": "store",
-    "open_store": "store",
-    "store_from_tensor": "store",
-    "ARCHS": "sae",
-    "SAE": "sae",
-    "SAEConfig": "sae",
-    "load_sae": "sae",
-    "TrainConfig": "train",
-    "Trainer": "train",
-    "train": "train",
-    "evaluate": "metrics",
-    "frontier_sweep": "sweep",
-    "encode_texts": "analysis",
-    "feature_stats": "analysis",
-    "label_concepts": "analysis",
-    "top_features": "analysis",
-    "write_dashboard": "report",
-    "Explorer": "widgets",
+# module -> the public names it defines. Modules are named apart from the functions they export
+# (collection/collect, training/train): importing a submodule binds its name on the package, which
+# would otherwise shadow the function.
+_PUBLIC = {
+    "errors": ("SaelibError", "BadArgument", "BadFile", "TrainingDiverged"),
+    "lm": ("LM", "SITES", "load_lm"),
+    "corpus": ("STARTER_SENTENCES", "Document", "corpus_stats", "load_concepts", "load_corpus"),
+    "collection": ("collect", "store_from_tensor"),
+    "store": ("ActivationStore", "open_store"),
+    "sae": ("ARCHS", "SAE", "SAEConfig", "load_sae"),
+    "training": ("TrainConfig", "Trainer", "train"),
+    "metrics": ("evaluate",),
+    "sweep": ("frontier_sweep",),
+    "analysis": ("encode_texts", "feature_stats", "label_concepts", "top_features"),
+    "report": ("write_dashboard",),
+    "widgets": ("Explorer",),
 }
+_EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}
 _MODULES = (
-    "analysis",
-    "collect",
-    "corpus",
-    "errors",
+    *_PUBLIC,
+    "atomic",
+    "bench",
+    "checkpoints",
     "figures",
     "html",
-    "lm",
-    "metrics",
-    "report",
-    "sae",
+    "losses",
     "sparse_ops",
-    "store",
-    "sweep",
-    "train",
-    "widgets",
+    "stdlib_texts",
 )
 
 __all__ = ["PROJECT_ROOT", *_EXPORTS, *_MODULES]

@@ -66,3 +66,14 @@ def test_no_import_cycles():
 
     cycles = [cycle for name in sorted(graph) if (cycle := cycle_from(name, [name]))]
     assert cycles == []
+
+
+def test_every_public_name_resolves_and_functions_survive_submodule_imports():
+    """`from saelib.training import TrainConfig` first, then `sl.train(...)`: still the function."""
+    code = (
+        "import saelib as sl, saelib.training, saelib.collection\n"
+        "missing = [n for n in sl.__all__ if not hasattr(sl, n)]\n"
+        "print(missing, callable(sl.train), callable(sl.collect))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] True True"
