@@ -64,8 +64,15 @@ def make_tiny_lm(arch: str = "llama", n_layers: int = 4, d_model: int = 64, seed
         config = transformers.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **common)
         model_cls = transformers.GPTNeoXForCausalLM
     elif arch == "gpt2":
+        end = tokenizer.eos_token_id  # GPT-2's own 50256 lies outside the tiny vocabulary
         config = transformers.GPT2Config(
-            vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256
+            vocab_size=vocab,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=end,
+            eos_token_id=end,
         )
         model_cls = transformers.GPT2LMHeadModel
     else:
