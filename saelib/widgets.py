@@ -86,9 +86,9 @@ class Explorer:
             if v > 0
         ]
         options = options or [("no active feature", features[0].item())]
-        keep = self.feature.value in [f for _, f in options]
+        picked = self.feature.value  # read first: assigning `options` resets `value`
         self.feature.options = options
-        self.feature.value = self.feature.value if keep else options[0][1]
+        self.feature.value = picked if picked in [f for _, f in options] else options[0][1]
 
     def _on_text(self, change) -> None:
         texts = [line for line in change["new"].splitlines() if line.strip()]

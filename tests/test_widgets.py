@@ -69,3 +69,25 @@ def test_explorer_rejects_bad_settings_before_encoding(tiny_llama, sae):
         widgets.Explorer(tiny_llama, sae, TEXTS, threshold=-1.0)
     with pytest.raises(BadArgument, match="density"):
         widgets.Explorer(tiny_llama, sae, TEXTS, density=torch.ones(3))
+
+
+def test_picked_feature_survives_new_texts_while_offered(tiny_llama, sae):
+    explorer = widgets.Explorer(tiny_llama, sae, TEXTS, top_k=3)
+    offered_after = [f for _, f in widgets.Explorer(tiny_llama, sae, TEXTS[:2]).feature.options]
+    picked = next(f for _, f in explorer.feature.options[1:] if f in offered_after)  # not the default
+    explorer.feature.value = picked
+    explorer.text.value = "\n".join(TEXTS[:2])  # other options, the picked feature among them
+    assert [f for _, f in explorer.feature.options] == offered_after
+    assert explorer.feature.value == picked
+
+
+def test_every_word_of_every_text_has_a_latent_row(tiny_llama, sae):
+    """The tiny tokenizer has no BOS: the sink token saelib prepends is dropped, never a word ('Dogs')."""
+    assert tiny_llama.tokenizer.bos_token_id is None and tiny_llama.sink_id is not None
+    explorer = widgets.Explorer(tiny_llama, sae, TEXTS)
+    for i, text in enumerate(TEXTS):
+        tokens, latents = explorer.acts.scored(i)
+        assert tiny_llama.tokenizer.convert_tokens_to_string(tokens) == text
+        assert latents.shape[0] == len(tokens)
+    first_word_column = explorer.render().split("<tr><th></th>")[1].split("</th>")[0]
+    assert first_word_column.endswith(">" + explorer.acts.scored(0)[0][0]) and TEXTS[0].startswith("D")
