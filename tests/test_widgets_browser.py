@@ -248,7 +248,7 @@ def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
 
                 textbox = page.locator(".widget-textarea textarea")
                 textbox.fill("London is a major city.")
-                page.locator(".saelib-explorer-status").click()  # blur: the text box only reports on change
+                page.locator(".saelib-explorer-update").click()
                 expect(active).to_have_count(1)
                 expect(view).to_contain_text("London is a major city.")
                 expect(status_text).to_contain_text("last encode")
