@@ -9,6 +9,7 @@ notebook cell shows it and a report can save it.
     density_figure      where do chosen features sit among all firing densities? (`FeatureStats.density_plot`)
     histogram_figure    how strongly does one feature fire when it fires? (`FeatureStats.histogram`)
     overlap_figure      do different texts use different features? (`analysis.show_overlap`)
+    steering_sweep_figure  which steering strength makes a concept most likely? (`SteeringSweep.figure`)
 
 Tables and other HTML are in `saelib.html`.
 """
@@ -231,4 +232,16 @@ def overlap_figure(shared, names: list[str], vmax: int, title: str) -> Figure:
             ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", color=color)
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def steering_sweep_figure(sweep, figsize=(4.2, 2.6)) -> Figure:
+    """Log-prob per token of the concept's sentences against the steering strength; the best one marked."""
+    fig, ax = new_figure(figsize)
+    ax.plot(sweep.alphas, sweep.logprobs, marker="o", color="C0")
+    ax.axvline(sweep.best_alpha, color="C3", linestyle="--", lw=1, label=f"best alpha {sweep.best_alpha:.3g}")
+    ax.set_xlabel("alpha (added multiple of the decoder direction)")
+    ax.set_ylabel("log-prob / token")
+    ax.set_title(f"Steering with {sweep.name}", fontsize=10)
+    ax.legend(fontsize=8)
     return fig
