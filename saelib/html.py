@@ -101,16 +101,29 @@ def coloured_texts_html(texts: list[tuple[list[str], np.ndarray]], name: str) ->
 
 # ---- result objects of saelib.analysis --------------------------------------------------------
 def top_features_html(top) -> str:
-    """A `TopFeatures`: per text its summary and one chip per listed feature."""
-    parts = [f"<b>Top features</b> ({top.settings})"]
+    """A `TopFeatures`: per text its summary and one chip per listed feature, in ranking order, each
+    showing the number it is ranked by (hover: its max activation)."""
+    parts = [f"<b>Top features</b> ({top.settings}; each chip shows its {top.ranking})"]
     for i, text in enumerate(top.texts):
         chips = " ".join(
-            f'<span style="display:inline-block;margin:1px 3px;padding:0 4px;border:1px solid #ccc;'
-            f'border-radius:3px">{escape(top.name(f))} <b>{v:.2f}</b></span>'
-            for f, v in zip(top.features[i], top.values[i])
+            f'<span title="max activation {v:.3g}" style="display:inline-block;margin:1px 3px;padding:0 4px;'
+            f'border:1px solid #ccc;border-radius:3px">{escape(top.name(f))} <b>{s:.2f}</b></span>'
+            for f, v, s in zip(top.features[i], top.values[i], top.scores[i])
         )
         parts.append(text_block_html(text, top.summary(i), chips or "<i>none above threshold</i>"))
     return "".join(parts)
+
+
+def features_table(descriptions: dict[int, str], density=None):
+    """Chosen features, one row each: index, firing density (if given) and description."""
+    head = "<th>feature</th>" + ("<th>density</th>" if density is not None else "") + "<th>what it is</th>"
+    rows = "".join(
+        f"<tr><td>f{f}</td>"
+        + (f"<td>{float(density[f]):.2e}</td>" if density is not None else "")
+        + f"<td style='text-align:left'>{escape(d)}</td></tr>"
+        for f, d in descriptions.items()
+    )
+    return as_html(f"<table><tr>{head}</tr>{rows}</table>")
 
 
 def text_block_html(text: str, summary: str, body: str, margin_px: int = 6) -> str:
