@@ -81,9 +81,11 @@ class Explorer:
         self.text.observe(self._on_edit, names="value")
         self.update.on_click(self._on_update)
         self.redraw()
+        self.controls = widgets.HBox([self.threshold, self.top_k, self.feature])
+        self.controls.add_class("saelib-explorer-controls")
         self.widget = widgets.VBox(
             [
-                widgets.HBox([self.threshold, self.top_k, self.feature]),
+                self.controls,
                 widgets.HBox([self.text, widgets.VBox([self.update, self.hint])]),
                 self.status,
                 self.view,
