@@ -40,6 +40,7 @@ _MODULES = (
     "atomic",
     "bench",
     "checkpoints",
+    "distributed",
     "figures",
     "html",
     "losses",

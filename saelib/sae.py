@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from saelib.atomic import save_tensors, write_json
+from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
@@ -137,7 +138,7 @@ class SAE(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, **(metadata or {})}
         save_tensors(
-            {name: t.detach().float().contiguous() for name, t in self.state_dict().items()},
+            {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()},
             path / WEIGHTS_FILE,
         )
         write_json(path / CONFIG_FILE, self._sae_lens_config(meta))
@@ -181,9 +182,9 @@ class SAE(nn.Module):
         }
 
 
-def load_sae(path: str | os.PathLike) -> SAE:
-    """Load an SAE written by `SAE.save` (or `train`), from its folder or its run folder; it works on raw
-    activations."""
+def load_sae(path: str | os.PathLike, device: str | torch.device = "auto") -> SAE:
+    """Load an SAE written by `SAE.save` (or `train`), from its folder or its run folder, onto `device`
+    ("auto": CUDA if torch sees one, else CPU); it works on raw activations."""
     path = Path(path)
     if not (path / CONFIG_FILE).exists() and (path / "sae").is_dir():
         path = path / "sae"
@@ -191,6 +192,7 @@ def load_sae(path: str | os.PathLike) -> SAE:
         raise BadFile(
             f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train"
         )
+    torch_device = resolve_device(device)
     sae = SAE(*_read_config(path / CONFIG_FILE))
     try:
         sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
@@ -199,7 +201,7 @@ def load_sae(path: str | os.PathLike) -> SAE:
             f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
             f"({str(err).splitlines()[0][:200]}); train the SAE again"
         ) from err
-    return sae.eval()
+    return sae.to(torch_device).eval()
 
 
 def _read_config(cfg_path: Path) -> tuple[SAEConfig, dict]:
