@@ -211,7 +211,8 @@ def density_figure(density, marked: dict[int, float] | None = None, figsize=(5.0
     for step, (x, feature) in enumerate(shown):
         ax.axvline(x, color="tab:red", lw=1)
         height = top * (0.95 - 0.11 * (step % LABEL_STEPS))
-        ax.text(x, height, f" f{feature}", color="tab:red", fontsize=8, va="top")
+        box = dict(facecolor="white", alpha=0.85, edgecolor="none", pad=1)
+        ax.text(x, height, f"f{feature}", color="tab:red", fontsize=8, va="top", bbox=box)
     ax.set_xlabel("log10 firing density (fraction of tokens)")
     ax.set_ylabel("features")
     ax.set_title(f"{len(alive)} alive, {len(density) - len(alive)} never fired", fontsize=10)

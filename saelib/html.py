@@ -182,7 +182,7 @@ def steering_html(steering) -> str:
     """A `Steering`: the prompt's continuation before and after the intervention, in one monospace
     column so the two continuations start at the same place; says so when nothing changed."""
     prompt = escape(steering.prompt)
-    cell = 'style="font-family:monospace;white-space:pre-wrap;padding:1px 6px"'
+    cell = 'style="font-family:monospace;white-space:pre-wrap;text-align:left;padding:1px 6px"'
     rows = "".join(
         f"<tr><td style='text-align:left;padding:1px 6px'>{escape(label)}</td>"
         f"<td {cell}>{prompt}<b>{escape(text)}</b></td></tr>"
