@@ -22,7 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where notebooks/, data/ an
 # would otherwise shadow the function.
 _PUBLIC = {
     "errors": ("SaelibError", "BadArgument", "BadFile", "TrainingDiverged"),
-    "lm": ("LM", "SITES", "load_lm"),
+    "hooks": ("SITES", "hook_name", "parse_hook"),
+    "lm": ("LM", "load_lm"),
     "corpus": ("STARTER_SENTENCES", "Document", "corpus_stats", "load_concepts", "load_corpus"),
     "collection": ("collect", "store_from_tensor"),
     "store": ("ActivationStore", "open_store"),
@@ -43,6 +44,7 @@ _MODULES = (
     "distributed",
     "figures",
     "html",
+    "hub",
     "losses",
     "sparse_ops",
     "stdlib_texts",

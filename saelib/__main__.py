@@ -21,6 +21,7 @@ from saelib.errors import BadArgument, SaelibError
 EXAMPLES = """examples:
   python -m saelib collect --run-dir runs/demo                      # bundled SmolLM2, builtin corpus
   python -m saelib collect --run-dir runs/small --n-texts 300 --model EleutherAI/pythia-70m --layer 3
+  python -m saelib collect --run-dir runs/pre --layer blocks.15.hook_resid_pre
   python -m saelib train --run-dir runs/demo --arch topk --k 32
   python -m saelib evaluate --run-dir runs/demo --n-eval-texts 150
   python -m saelib report --run-dir runs/demo                        # runs/demo/report/dashboard.html
@@ -107,6 +108,11 @@ def parse_device_map(text: str | None) -> str | dict | None:
         ) from err
 
 
+def layer_or_hook(text: str) -> int | str:
+    """--layer 8 is a block index; anything else is a hook name that LM.resolve checks."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, with the notebook's defaults."""
     from saelib.training import TrainConfig
@@ -150,8 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         "collect", "Run a corpus through the LM and store activations in RUN_DIR/activations.", run_collect
     )
     collect.add_argument("--model", default="default", help="'default' (bundled SmolLM2), an HF id or a dir")
-    collect.add_argument("--layer", type=int, default=None, help="block index (None: the middle layer)")
-    collect.add_argument("--site", default="resid", help="resid, mlp_out or attn_out")
+    collect.add_argument(
+        "--layer",
+        type=layer_or_hook,
+        default=None,
+        help="block index (None: the middle layer) or a hook name: blocks.8.hook_resid_pre, model.layers.8",
+    )
+    collect.add_argument(
+        "--site", default=None, help="resid (block output, the default), resid_pre, mlp_out or attn_out"
+    )
     collect.add_argument("--corpus", default="builtin", help="builtin, concepts, a file/folder, hf:<name>")
     collect.add_argument("--n-texts", type=int, default=None, help="sample this many texts (None: all)")
     collect.add_argument("--max-tokens-per-text", type=int, default=64)

@@ -33,11 +33,12 @@ from torch import Tensor, nn
 from saelib.atomic import save_tensors, write_json
 from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
+from saelib.hooks import hook_name
+from saelib.hub import BUNDLED_MODEL_ID, BUNDLED_MODEL_NOTE
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
-HOOK_NAMES = {"resid": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
 # SAE Lens architecture and activation function for each of ours (batchtopk is exported as jumprelu)
 SAE_LENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
 
@@ -147,11 +148,12 @@ class SAE(nn.Module):
     def _sae_lens_config(self, meta: dict) -> dict:
         """Flat SAE Lens config: readable by SAE Lens 5.x and by 6.x (through its pre-6.0 converter).
 
-        Our own fields sit under "saelib"; SAE Lens drops keys it does not know.
+        Our own fields sit under "saelib"; SAE Lens drops keys it does not know. The bundled model ("default")
+        is named by its Hugging Face id, with a note that its weights are the Q4_1 dequantization.
         """
         c = self.cfg
-        layer, site = meta.get("layer"), meta.get("site", "resid")
-        hook = HOOK_NAMES.get(site, site)
+        bundled = meta.get("model") == "default"
+        note = {"model_note": BUNDLED_MODEL_NOTE} if bundled else {}
         activation_kwargs = {"k": c.k} if c.arch == "topk" else {}
         return {
             "architecture": SAE_LENS_ARCH[c.arch],
@@ -164,10 +166,10 @@ class SAE(nn.Module):
             "finetuning_scaling_factor": False,
             "activation_fn_str": "topk" if c.arch == "topk" else "relu",
             "activation_fn_kwargs": activation_kwargs,
-            "model_name": meta.get("model"),
+            "model_name": BUNDLED_MODEL_ID if bundled else meta.get("model"),
             # SAE Lens needs a string here even when the layer is unknown
-            "hook_name": hook if layer is None else f"blocks.{layer}.{hook}",
-            "hook_layer": layer,
+            "hook_name": hook_name(meta.get("layer"), meta.get("site", "resid")),
+            "hook_layer": meta.get("layer"),
             "hook_head_index": None,
             "context_size": meta.get("context_size", 128),
             "prepend_bos": True,
@@ -177,7 +179,7 @@ class SAE(nn.Module):
             "sae_lens_training_version": None,
             "neuronpedia_id": None,
             "model_from_pretrained_kwargs": {},
-            "saelib": {"arch": c.arch, "k": c.k, **meta},
+            "saelib": {"arch": c.arch, "k": c.k, **meta, **note},
         }
 
 

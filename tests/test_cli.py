@@ -32,8 +32,9 @@ def test_collect_train_evaluate_report(tmp_path, tiny_model_dir):
     corpus.write_text("\n\n".join(f"{text} Take {i}." for i in range(4) for text in TRAINING_TEXT))
     run = str(tmp_path / "run")
     collect = saelib_cli(
-        "collect", "--run-dir", run, "--model", str(tiny_model_dir), "--corpus", str(corpus), "--layer", "1"
-    )
+        "collect", "--run-dir", run, "--model", str(tiny_model_dir), "--corpus", str(corpus),
+        "--layer", "blocks.1.hook_resid_pre",
+    )  # fmt: skip
     assert collect.returncode == 0, collect.stderr
     assert "ActivationStore" in collect.stdout and "collect L1" in collect.stderr  # progress bar on stderr
     train = saelib_cli(
@@ -53,6 +54,7 @@ def test_collect_train_evaluate_report(tmp_path, tiny_model_dir):
     assert train.returncode == 0, train.stderr
     cfg = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())
     assert cfg["saelib"]["train"]["k"] == 4 and cfg["saelib"]["layer"] == 1
+    assert cfg["hook_name"] == "blocks.1.hook_resid_pre"
     evaluate = saelib_cli("evaluate", "--run-dir", run, "--n-eval-texts", "5")
     assert evaluate.returncode == 0, evaluate.stderr
     assert "ce_loss_recovered" in json.loads(evaluate.stdout)
