@@ -42,6 +42,7 @@ _MODULES = (
     "bench",
     "checkpoints",
     "figures",
+    "formats",
     "html",
     "hub",
     "losses",
