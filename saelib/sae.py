@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saelib.atomic import save_tensors, write_json
+from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 from saelib.formats import CONFIG_FILE, INPUT_NORMS, WEIGHTS_FILE, read_sae_files
 from saelib.hooks import hook_name
@@ -164,7 +165,7 @@ class SAE(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, **(metadata or {})}
         save_tensors(
-            {name: t.detach().float().contiguous() for name, t in self.state_dict().items()},
+            {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()},
             path / WEIGHTS_FILE,
         )
         write_json(path / CONFIG_FILE, self._sae_lens_config(meta))
@@ -209,9 +210,11 @@ class SAE(nn.Module):
         }
 
 
-def load_sae(path_or_id: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Load an SAE that works on raw activations, from a folder written by saelib (or its run folder), SAE
-    Lens, sparsify or dictionary_learning, or from the hub as "hf:<owner>/<repo>/<subfolder>"."""
+def load_sae(path_or_id: str | os.PathLike, device: str | torch.device = "auto") -> SAE:
+    """Load an SAE that works on raw activations onto `device` ("auto": CUDA if torch sees one, else CPU),
+    from a folder written by saelib (or its run folder), SAE Lens, sparsify or dictionary_learning, or from
+    the hub as "hf:<owner>/<repo>/<subfolder>"."""
+    torch_device = resolve_device(device)
     files = read_sae_files(path_or_id)
     try:
         cfg = SAEConfig(**files.config)
@@ -224,4 +227,4 @@ def load_sae(path_or_id: str | os.PathLike, device: str | torch.device = "cpu") 
         raise BadFile(
             f"{files.source} does not match its config ({str(err).splitlines()[0][:200]}); {files.fix}"
         ) from err
-    return sae.to(device).eval()
+    return sae.to(torch_device).eval()

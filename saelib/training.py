@@ -24,12 +24,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
+from saelib.distributed import resolve_device, to_device
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.losses import TrainLoss, dense_loss, topk_loss
 from saelib.sae import SAE, SAEConfig
 
-# fields that change only how a run is watched, not what it computes: they may differ on resume
-WATCH_FIELDS = ("progress", "log_every", "checkpoint_every")
+# fields that change only how a run is watched or where it runs, not what it computes: they may differ
+# on resume
+WATCH_FIELDS = ("progress", "log_every", "checkpoint_every", "device")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TrainConfig:
     l0_coeff: float = 0.1
     l0_warmup_frac: float = 0.05
     jumprelu_bandwidth: float = 0.05
+    device: str = "auto"  # "auto": CUDA if torch sees one (cuda:LOCAL_RANK under torchrun), else cpu
     checkpoint_every: int = 500
     log_every: int = 20
     progress: bool = True
@@ -104,7 +107,8 @@ def train(
         "train": {**asdict(cfg), "n_train_tokens": n_train, "total_steps": total_steps},
     }
 
-    sae = SAE(sae_cfg, meta)
+    device = resolve_device(cfg.device)
+    sae = SAE(sae_cfg, meta).to(device)
     trainer = Trainer(sae, cfg, total_steps)
     ckpt_dir = run_dir / "checkpoints"
     history = _load_checkpoint(ckpt_dir, trainer)
@@ -123,7 +127,7 @@ def train(
         epoch, start = divmod(trainer.steps_done, steps_per_epoch)
         batches = store.iter_batches(cfg.batch_size, seed=cfg.seed * 100_003 + epoch, skip_batches=start)
         for _ in range(start, steps_per_epoch):
-            acts = next(batches)
+            acts = to_device(next(batches), device)
             if not torch.isfinite(acts).all():
                 raise BadFile(
                     f"A training batch (epoch {epoch}) holds NaN/inf activations; the store at "
@@ -184,9 +188,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         self.lr = cfg.lr  # of the latest step
         self.steps_done = 0
-        self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-        self.threshold_avg = torch.zeros((), dtype=torch.float64)  # batchtopk, before debiasing
-        self.threshold_updates = torch.zeros((), dtype=torch.long)
+        device = sae.W_dec.device  # the counters live beside the weights
+        self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+        self.threshold_avg = torch.zeros(
+            (), dtype=torch.float64, device=device
+        )  # batchtopk, before debiasing
+        self.threshold_updates = torch.zeros((), dtype=torch.long, device=device)
         self._sums: dict[str, float] = {}  # of the step stats since the last log_stats()
         self._n_summed = 0
 
@@ -265,7 +272,7 @@ class Trainer:
             tensors.update({f"adam.{index}.{key}": value for key, value in entry.items()})
         tensors.update({f"state.{name}": getattr(self, name) for name in self.COUNTERS})
         tensors["state.steps_done"] = torch.tensor(self.steps_done)
-        return {name: t.detach().clone().contiguous() for name, t in tensors.items()}
+        return {name: t.detach().cpu().clone().contiguous() for name, t in tensors.items()}
 
     def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
         """Continue from what `state_dict()` returned."""
@@ -297,7 +304,7 @@ def _initialise(sae: SAE, store, cfg: TrainConfig, scale: float) -> None:
     norm = 1.0 if sae.cfg.arch in ("topk", "batchtopk") else 0.1
     sae.W_dec.copy_(directions * norm)
     sae.W_enc.copy_(sae.W_dec.t())
-    sample = next(store.iter_batches(4096, seed=cfg.seed)) * scale
+    sample = next(store.iter_batches(4096, seed=cfg.seed)).to(sae.W_dec.device) * scale
     sae.b_dec.copy_(geometric_median(sample) if cfg.b_dec_init == "geometric_median" else sample.mean(0))
     if sae.cfg.arch == "jumprelu":
         pre = sae.pre_acts(sample)

@@ -174,3 +174,28 @@ def test_real_bundled_model():
     assert lm.d_model == 576 and lm.n_layers == 30
     assert "Paris" in lm.generate("The capital of France is", max_new_tokens=5)
     assert lm.unembed().shape[1] == 576
+
+
+def test_device_map_spreads_the_model_and_hooks_still_work(tmp_path, tiny_llama):
+    """device_map goes to from_pretrained: here blocks 2-3 are offloaded to disk (as accelerate does with a
+    model larger than the devices); activations at an offloaded block, and logits, match the plain model."""
+    tiny_llama.model.save_pretrained(tmp_path)
+    tiny_llama.tokenizer.save_pretrained(tmp_path)
+    where = {f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(4)}
+    where.update(
+        {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    )
+    mapped = load_lm(str(tmp_path), device_map=where)
+    assert mapped.model.hf_device_map["model.layers.3"] == "disk" and mapped.device == torch.device("cpu")
+    batch = tiny_llama.tokenize(TEXTS)
+    for layer in (1, 3):
+        expected = tiny_llama.forward_to(batch["input_ids"], batch["attention_mask"], layer)
+        torch.testing.assert_close(
+            mapped.forward_to(batch["input_ids"], batch["attention_mask"], layer), expected
+        )
+    torch.testing.assert_close(mapped.logits(**batch), tiny_llama.logits(**batch))
+
+
+def test_bad_device_fails_before_loading():
+    with pytest.raises(BadArgument, match="Unknown device"):
+        load_lm("no/such/model", device="gpu")
