@@ -93,11 +93,6 @@ def run_report(args: argparse.Namespace) -> None:
     print(path)
 
 
-def layer_or_hook(text: str) -> int | str:
-    """--layer 8 is a block index; anything else is a hook name that LM.resolve checks."""
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
 def parse_device_map(text: str | None) -> str | dict | None:
     """--device-map: 'auto', 'balanced', 'sequential', or a JSON object of module name -> device."""
     if text is None or not text.startswith("{"):
@@ -109,6 +104,11 @@ def parse_device_map(text: str | None) -> str | dict | None:
             f"--device-map {text!r} is not valid JSON ({err}); pass 'auto' or e.g. "
             '\'{"model.embed_tokens": 0, "model.layers.0": 0, "lm_head": 1}\''
         ) from err
+
+
+def layer_or_hook(text: str) -> int | str:
+    """--layer 8 is a block index; anything else is a hook name that LM.resolve checks."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
