@@ -49,6 +49,10 @@ class SAEFiles:
     source: Path  # the file or folder, for error messages
     fix: str  # what to do if the files turn out unusable
 
+    @property
+    def folder(self) -> Path:
+        return self.source if self.source.is_dir() else self.source.parent
+
 
 def read_sae_files(path_or_id: str | os.PathLike) -> SAEFiles:
     """Find the layout of a folder (or "hf:<owner>/<repo>/<subfolder>") and read it."""

@@ -67,6 +67,9 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.meta = dict(meta or {})
+        self.path: Path | None = (
+            None  # the folder it was loaded from or saved to (feature_stats caches there)
+        )
         self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
@@ -169,7 +172,7 @@ class SAE(nn.Module):
             path / WEIGHTS_FILE,
         )
         write_json(path / CONFIG_FILE, self._sae_lens_config(meta))
-        self.meta = meta
+        self.meta, self.path = meta, path
         return path
 
     def _sae_lens_config(self, meta: dict) -> dict:
@@ -227,4 +230,5 @@ def load_sae(path_or_id: str | os.PathLike, device: str | torch.device = "auto")
         raise BadFile(
             f"{files.source} does not match its config ({str(err).splitlines()[0][:200]}); {files.fix}"
         ) from err
+    sae.path = files.folder
     return sae.to(torch_device).eval()
