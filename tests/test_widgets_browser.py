@@ -310,7 +310,8 @@ def test_03_analyze_runs_live_and_its_explorer_answers(tmp_path, tiny_llama):
         view = page.locator(".saelib-explorer-view")
         expect(view).to_be_visible()
         expect(page.locator(".jp-InputPrompt", has_text="[*]")).to_have_count(0)  # no cell still queued
-        expect(page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text="ipykernel")).to_contain_text(IDLE)
+        status = page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text="ipykernel")
+        expect(status).to_contain_text(IDLE)
         expect(page.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
         sweep = page.locator(".jp-OutputArea-output", has_text="Steering sweep: f")
         expect(sweep).to_contain_text("(cooking_recipes)")
