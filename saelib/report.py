@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-import torch
-
 from saelib import analysis, html
 from saelib.atomic import write_text
 from saelib.errors import BadArgument
@@ -47,11 +45,14 @@ def default_features(
     n: int = 8,
     max_density: float = 0.05,
 ) -> list[int]:
-    """Labelled features first, then the strongest features that are neither dead nor dense."""
+    """Labelled features first, then the strongest features that are neither dead nor dense; dense ones
+    only when too few others fire (a tiny SAE, or one whose every latent fires often)."""
     chosen = labels.features[:n] if labels is not None else []
-    sparse = (stats.density > 0) & (stats.density <= max_density)
-    strongest = torch.where(sparse, stats.max_act, torch.zeros_like(stats.max_act)).argsort(descending=True)
-    chosen += [f for f in strongest.tolist() if sparse[f] and f not in chosen][: n - len(chosen)]
+    alive = stats.density > 0
+    sparse = alive & (stats.density <= max_density)
+    strongest = stats.max_act.argsort(descending=True).tolist()
+    candidates = [f for f in strongest if sparse[f]] + [f for f in strongest if alive[f] and not sparse[f]]
+    chosen += [f for f in candidates if f not in chosen][: n - len(chosen)]
     return chosen
 
 

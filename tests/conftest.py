@@ -143,10 +143,11 @@ def text_sae(tiny_llama) -> SAE:
     return sae
 
 
-def save_tiny_run(lm: LM, run_dir: Path, sae_dir: Path | None = None, n_texts: int = 300) -> SAE:
-    """A run folder 03_analyze can open, all from the tiny LM: the LM saved as a local model directory
-    (run_dir/model), its layer-1 activations of concept sentences (run_dir/activations) and a sparse
-    random ReLU SAE (in `sae_dir`, default run_dir/sae) whose metadata names no loadable model."""
+def save_tiny_model_and_store(
+    lm: LM, run_dir: Path, layer: int = 1, site: str = "resid", n_texts: int = 300
+) -> None:
+    """The tiny LM saved as a local model directory (run_dir/model) and its activations of concept
+    sentences at (layer, site) (run_dir/activations): what 03_analyze needs besides an SAE."""
     from saelib.collection import collect
     from saelib.corpus import load_concepts
 
@@ -154,8 +155,15 @@ def save_tiny_run(lm: LM, run_dir: Path, sae_dir: Path | None = None, n_texts: i
     lm.model.save_pretrained(run_dir / "model")
     lm.tokenizer.save_pretrained(run_dir / "model")
     texts = load_concepts()[:n_texts]
-    collect(lm, texts, run_dir / "activations", layer=1, max_tokens_per_text=32, progress=False)
+    store = run_dir / "activations"
+    collect(lm, texts, store, layer=layer, site=site, max_tokens_per_text=32, progress=False)
+
+
+def save_tiny_run(lm: LM, run_dir: Path) -> SAE:
+    """A run folder 03_analyze can open, all from the tiny LM: `save_tiny_model_and_store` at layer 1 and a
+    sparse random ReLU SAE in run_dir/sae whose metadata names no loadable model."""
+    save_tiny_model_and_store(lm, run_dir)
     sae = random_sae("relu", lm.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
     torch.nn.init.zeros_(sae.b_dec)
-    sae.save(sae_dir or run_dir / "sae", metadata={"model": lm.name})
+    sae.save(run_dir / "sae", metadata={"model": lm.name})
     return sae

@@ -1,25 +1,28 @@
-"""03_analyze on an SAE saved outside the run folder, over a tiny model given by path: the `sae_path` and
-`model` parameters open any SAE with its model, and every section (labels, steering sweep, explorer,
-dashboard) runs on it."""
+"""03_analyze on an SAE written by another library (the SAE Lens TopK fixture, d_in 16, trained at
+blocks.2.hook_resid_pre) over a tiny model given by path: the `sae_path` and `model` parameters open any
+SAE with its model, and every section (labels, steering sweep, explorer, dashboard, exercises) runs on it."""
 
 from __future__ import annotations
 
 import nbformat
 import papermill
-from conftest import ROOT, save_tiny_run
+from conftest import ROOT, make_tiny_lm, save_tiny_model_and_store
+
+FIXTURE = ROOT / "tests" / "fixtures" / "sae_lens" / "topk"
 
 
-def test_03_analyzes_a_saved_sae_over_a_tiny_model(tmp_path, tiny_llama):
-    run_dir, sae_dir = tmp_path / "run", tmp_path / "elsewhere" / "my-sae"
-    save_tiny_run(tiny_llama, run_dir, sae_dir=sae_dir)
+def test_03_analyzes_a_sae_lens_folder_over_a_tiny_model(tmp_path):
+    lm = make_tiny_lm("llama", d_model=16)  # the fixture's d_in
+    run_dir = tmp_path / "run"
+    save_tiny_model_and_store(lm, run_dir, layer=2, site="resid_pre")  # the fixture's hook
     out = tmp_path / "03_analyze.ipynb"
     papermill.execute_notebook(
         str(ROOT / "notebooks" / "03_analyze.ipynb"),
         str(out),
         parameters=dict(
             run_dir=str(run_dir),
-            sae_path=str(sae_dir),
-            model=str(run_dir / "model"),
+            sae_path=str(FIXTURE),
+            model=str(run_dir / "model"),  # the fixture's metadata names "tiny-llama", which no hub has
             top_k=3,
             steer_scales=[0, 1, 4],
         ),
@@ -31,6 +34,8 @@ def test_03_analyzes_a_saved_sae_over_a_tiny_model(tmp_path, tiny_llama):
     html = "\n".join(
         str(o.get("data", {}).get("text/html", "")) for c in nb.cells for o in c.get("outputs", [])
     )
+    assert "SAE Lens 6.x" in nb.cells[3].outputs[0]["data"]["text/plain"]  # the loaded SAE's repr
     assert "held-out AUROC" in html and "Steering sweep: f" in html and "(cooking_recipes)" in html
     assert "Static copy of the Explorer" in html  # the explorer's fallback, what papermill keeps
+    assert html.count("holds") >= 3  # each exercise's check gave a verdict
     assert not (run_dir / "sae").exists() and (run_dir / "report" / "dashboard.html").exists()

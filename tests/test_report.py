@@ -34,7 +34,7 @@ def test_dashboard_is_self_contained(tmp_path, tiny_llama, text_sae):
         report.write_dashboard(tmp_path / "run", tiny_llama, sae, store, [], stats=stats)
 
 
-def test_dashboard_default_features_put_labelled_first_and_skip_dead_and_dense():
+def test_dashboard_default_features_put_labelled_first_dense_last_and_skip_dead():
     stats = analysis.FeatureStats(
         n_tokens=100,
         density=torch.tensor([0.0, 0.5, 0.01, 0.02, 0.03]),
@@ -46,5 +46,6 @@ def test_dashboard_default_features_put_labelled_first_and_skip_dead_and_dense()
         top_token_ids=torch.zeros(1, 5, dtype=torch.int64),
     )
     assert report.default_features(stats, n=3) == [3, 4, 2]
+    assert report.default_features(stats, n=5) == [3, 4, 2, 1]  # dense only when too few others; dead never
     labels = analysis.ConceptLabels([analysis.ConceptLabel("x", 2, 0.99, 0.97)], 0.9, 10, 10)
     assert report.default_features(stats, labels, n=3) == [2, 3, 4]

@@ -313,7 +313,7 @@ def test_03_analyze_runs_live_and_its_explorer_answers(tmp_path, tiny_llama):
         status = page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text="ipykernel")
         expect(status).to_contain_text(IDLE)
         expect(page.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
-        sweep = page.locator(".jp-OutputArea-output", has_text="Steering sweep: f")
+        sweep = page.locator(".jp-OutputArea-output", has_text="Steering sweep: f").filter(has_text="cooking")
         expect(sweep).to_contain_text("(cooking_recipes)")
         sweep.screenshot(path=str(ARTIFACTS / "analyze-steering-sweep.png"))
         steering = page.locator(".jp-OutputArea-output", has_text="+= ")
