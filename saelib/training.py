@@ -71,6 +71,11 @@ class TrainConfig:
     log_every: int = 20
     progress: bool = True
 
+    def __repr__(self) -> str:
+        """One field per line, so a notebook shows the recipe readably (and it still evaluates)."""
+        lines = "".join(f"\n    {f.name}={getattr(self, f.name)!r}," for f in fields(self))
+        return f"TrainConfig({lines}\n)"
+
 
 def train(
     store,
