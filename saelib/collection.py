@@ -149,6 +149,7 @@ def collect(
     "massive activations" too (a second sink, often at position 1): tokens whose norm exceeds
     `massive_ratio` x the batch's median norm are left out as well (None keeps them).
     """
+    distributed.init()  # under torchrun: join the other ranks (nothing to do in one process)
     layer, site = lm.resolve(layer, site)
     if dtype not in DTYPES:
         raise BadArgument(f"dtype {dtype!r} not supported; use one of {list(DTYPES)}")

@@ -84,8 +84,9 @@ def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
     """This rank's entries among the n_per_rank * world largest of all ranks' `values` together.
 
     Any entry of the global top lies in its own rank's top n_global, so each rank shares only its top
-    n_global values; the smallest of the global top is the cut-off. (A tie at the cut-off keeps all
-    tied entries, where one process would keep an arbitrary subset.)
+    n_global values; the smallest of the global top is the cut-off. Values equal to the cut-off are
+    common (a repeated context gives identical activations), so they fill the remaining slots in rank
+    order: exactly n_global entries in all, as in one process, and tied duplicates are interchangeable.
     """
     world = distributed.world_size()
     if world == 1:
@@ -93,7 +94,10 @@ def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
     n_global = n_per_rank * world
     candidates = values[batch_top_indices(values, min(n_global, len(values)))]
     cutoff = distributed.all_gather(candidates).topk(n_global, sorted=False).values.min()
-    return (values >= cutoff).nonzero().squeeze(1)
+    above, tied = (values > cutoff).nonzero().squeeze(1), (values == cutoff).nonzero().squeeze(1)
+    counts = distributed.all_gather(torch.tensor([[len(above), len(tied)]], device=values.device))
+    free = n_global - int(counts[:, 0].sum()) - int(counts[: distributed.rank(), 1].sum())
+    return torch.cat([above, tied[: max(0, free)]])
 
 
 def dense_loss(sae: SAE, x: Tensor, coeff: float, bandwidth: float) -> TrainLoss:

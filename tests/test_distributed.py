@@ -65,10 +65,17 @@ COLLECT = dict(layer=1, max_tokens_per_text=64, batch_size=32, shard_tokens=200)
 TRAIN = dict(k=4, expansion=2, batch_size=64, device="cpu", progress=False)
 ARCHS = ("topk", "batchtopk", "relu", "jumprelu")
 DDP_SCRIPT = """
-import sys
+import json, sys, torch
+from saelib import distributed
+from saelib.losses import global_batch_top_indices
 from saelib.store import open_store
 from saelib.training import train
 store, run_dir = open_store(sys.argv[1]), sys.argv[2]
+distributed.init()
+# the global top 4 of [3, 1, 2, 2 | 2, 2, 0, 5] is 5, 3 and two of the four 2s (a repeated context)
+values = torch.tensor([[3.0, 1.0, 2.0, 2.0], [2.0, 2.0, 0.0, 5.0]])[distributed.rank()]
+picked = global_batch_top_indices(values, 2).tolist()
+open(f"{{run_dir}}/picked-{{distributed.rank()}}.json", "w").write(json.dumps(picked))
 for arch in {archs}:
     train(store, f"{{run_dir}}/{{arch}}", arch=arch, n_tokens=320, **{train})
 train(store, f"{{run_dir}}/resumed", arch="topk", n_tokens=640, checkpoint_every=3, **{train})
@@ -145,7 +152,8 @@ class Interrupted(Exception):
 
 def test_torchrun_training_matches_one_process_and_resumes_exactly(tmp_path, one_process):
     """Same global batch: every arch's SAE after 5 DDP steps equals one process's to float32 rounding;
-    a DDP run resumed from a 1-process checkpoint ends where the uninterrupted 1-process run does."""
+    a DDP run resumed from a 1-process checkpoint ends where the uninterrupted 1-process run does;
+    BatchTopK keeps exactly k * batch entries over the ranks when values tie at the cut-off."""
     _, store = one_process
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(archs=ARCHS, train=TRAIN))
@@ -166,6 +174,8 @@ def test_torchrun_training_matches_one_process_and_resumes_exactly(tmp_path, one
             **TRAIN,
         )
     torchrun(str(script), str(store.path), str(tmp_path / "ddp"))
+    picked = [json.loads((tmp_path / "ddp" / f"picked-{rank}.json").read_text()) for rank in (0, 1)]
+    assert picked == [[0, 2, 3], [3]]  # ties fill the free slots in rank order: exactly 4 in all
 
     for arch in ARCHS:
         alone = train(store, tmp_path / "one" / arch, arch=arch, n_tokens=320, **TRAIN)
