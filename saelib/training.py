@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.losses import TrainLoss, dense_loss, topk_loss
+from saelib.precision import matmul_dtype, resolve_precision
 from saelib.sae import SAE, SAEConfig
 
 # fields that change only how a run is watched, not what it computes: they may differ on resume
@@ -62,6 +64,12 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     progress: bool = True
+    # "auto": bfloat16 matmuls where the CPU multiplies bf16 natively (saelib.precision), else float32;
+    # weights and Adam state stay float32 either way
+    precision: str = "auto"
+
+    def __post_init__(self):
+        self.precision = resolve_precision(self.precision)
 
 
 def train(
@@ -181,7 +189,8 @@ class Trainer:
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        # fused: one pass over each tensor per step instead of one per arithmetic op
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True)
         self.lr = cfg.lr  # of the latest step
         self.steps_done = 0
         self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
@@ -209,8 +218,8 @@ class Trainer:
             if sae.cfg.arch == "jumprelu":
                 sae.threshold.clamp_(min=0)  # keeps pre > threshold a subset of pre > 0, as at inference
             self._count(out, len(x))
-            sse = (out.recon - x).pow(2).sum()
-            total_var = (x - x.mean(0)).pow(2).sum()
+            sse = F.mse_loss(out.recon, x, reduction="sum")
+            total_var = F.mse_loss(x, x.mean(0).expand_as(x), reduction="sum")
         stats = {
             "loss": out.loss.item(),
             "mse": sse.item() / x.numel(),
@@ -223,14 +232,14 @@ class Trainer:
         return {**stats, "lr": self.lr}
 
     def _loss(self, x: Tensor) -> TrainLoss:
-        cfg, d_in = self.cfg, self.sae.cfg.d_in
+        cfg, d_in, dtype = self.cfg, self.sae.cfg.d_in, matmul_dtype(self.cfg.precision)
         if self.sae.cfg.arch in ("topk", "batchtopk"):
-            return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff)
+            return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff, dtype)
         if self.sae.cfg.arch == "relu":
             coeff = cfg.l1_coeff * _warmup(self.steps_done, self.total_steps, cfg.l1_warmup_frac)
         else:
             coeff = cfg.l0_coeff * _warmup(self.steps_done, self.total_steps, cfg.l0_warmup_frac)
-        return dense_loss(self.sae, x, coeff, cfg.jumprelu_bandwidth)
+        return dense_loss(self.sae, x, coeff, cfg.jumprelu_bandwidth, dtype)
 
     def _count(self, out: TrainLoss, n_tokens: int) -> None:
         """Advance the step and the tokens since each latent fired; move the BatchTopK threshold towards
