@@ -15,14 +15,15 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where notebooks/, data/ and runs/ live in a checkout
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where notebooks/ and runs/ live in a checkout
 
 # module -> the public names it defines. Modules are named apart from the functions they export
 # (collection/collect, training/train): importing a submodule binds its name on the package, which
 # would otherwise shadow the function.
 _PUBLIC = {
     "errors": ("SaelibError", "BadArgument", "BadFile", "TrainingDiverged"),
-    "lm": ("LM", "SITES", "load_lm"),
+    "hooks": ("SITES", "hook_name", "parse_hook"),
+    "lm": ("LM", "load_lm"),
     "corpus": ("STARTER_SENTENCES", "Document", "corpus_stats", "load_concepts", "load_corpus"),
     "collection": ("collect", "store_from_tensor"),
     "store": ("ActivationStore", "open_store"),
@@ -40,8 +41,11 @@ _MODULES = (
     "atomic",
     "bench",
     "checkpoints",
+    "distributed",
     "figures",
+    "formats",
     "html",
+    "hub",
     "losses",
     "sparse_ops",
     "stdlib_texts",

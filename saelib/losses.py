@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelib import distributed
 from saelib.sae import SAE
 from saelib.sparse_ops import SparseDecode, SparseEncode, batch_top_indices, row_offsets
 
@@ -45,18 +46,20 @@ def topk_loss(
     n_main = n_rows * k
 
     def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        nonlocal n_main  # BatchTopK under torchrun: this rank's share of the global top varies
         if sae.cfg.arch == "topk":
             top = pre.topk(k, dim=1, sorted=False)
-            rows = torch.arange(n_rows).repeat_interleave(k)
+            rows = torch.arange(n_rows, device=x.device).repeat_interleave(k)
             cols, values = top.indices.flatten(), top.values.flatten()
-        else:  # the n_rows * k largest of the whole batch, in row order
-            flat = batch_top_indices(pre.flatten(), n_main).sort().values
+        else:  # the n_rows * k largest of the whole batch (all ranks' rows under torchrun), in row order
+            flat = global_batch_top_indices(pre.flatten(), n_main).sort().values
             rows, cols, values = flat // d_sae, flat % d_sae, pre.flatten()[flat]
+            n_main = len(flat)
         if k_aux_now == 0:
             return rows, cols, values
         dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
         aux = pre[:, dead_cols].topk(k_aux_now, dim=1, sorted=False)
-        aux_rows = torch.arange(n_rows).repeat_interleave(k_aux_now)
+        aux_rows = torch.arange(n_rows, device=x.device).repeat_interleave(k_aux_now)
         aux_cols = dead_cols[aux.indices.flatten()]
         return (
             torch.cat([rows, aux_rows]),
@@ -80,10 +83,26 @@ def topk_loss(
         loss = loss + aux_coeff * min(1.0, n_dead / k_aux) * aux_loss
     with torch.no_grad():
         active = main_values > 0
-        fired = torch.zeros(d_sae).index_add_(0, main_cols, active.float()) > 0
+        fired = torch.zeros(d_sae, device=x.device).index_add_(0, main_cols, active.float()) > 0
         active_values = main_values[active] if sae.cfg.arch == "batchtopk" else None
         l0 = active.sum().item() / n_rows
     return TrainLoss(loss, recon.detach(), l0, fired, active_values)
+
+
+def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
+    """This rank's entries among the n_per_rank * world largest of all ranks' `values` together.
+
+    Any entry of the global top lies in its own rank's top n_global, so each rank shares only its top
+    n_global values; the smallest of the global top is the cut-off. (A tie at the cut-off keeps all
+    tied entries, where one process would keep an arbitrary subset.)
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return batch_top_indices(values, n_per_rank)
+    n_global = n_per_rank * world
+    candidates = values[batch_top_indices(values, min(n_global, len(values)))]
+    cutoff = distributed.all_gather(candidates).topk(n_global, sorted=False).values.min()
+    return (values >= cutoff).nonzero().squeeze(1)
 
 
 def dense_loss(
@@ -91,7 +110,7 @@ def dense_loss(
 ) -> TrainLoss:
     """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `bandwidth` is the width of the
     straight-through kernel): dense encoder and decoder GEMMs, in `dtype`."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         return _dense_loss(sae, x, coeff, bandwidth)
 
 

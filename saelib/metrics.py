@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.atomic import write_json
+from saelib.distributed import to_device
 from saelib.errors import BadArgument
 from saelib.lm import LM
 from saelib.sae import SAE
@@ -51,15 +52,17 @@ def reconstruction_metrics(
             f"The SAE reads d_in={d_in} but the store holds d_model={store.d_model}; "
             "evaluate it on activations from the model and layer it was trained on"
         )
+    device = sae.W_dec.device
     n, n_all = 0, 0
-    sum_x = torch.zeros(d_in, dtype=torch.float64)
-    sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64) for _ in range(3))
-    fire_counts = torch.zeros(d_sae, dtype=torch.float64)
+    sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
+    sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+    fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
     bar = tqdm(total=store.n_tokens, desc="eval", unit="tok", disable=not progress)
     for shard in store.shards():
-        is_eval = store.split_mask(shard.doc, "eval")
-        for start in range(0, len(shard.acts), batch_size):
-            acts, eval_rows = shard.acts[start : start + batch_size], is_eval[start : start + batch_size]
+        is_eval = store.split_mask(shard.doc, "eval").to(device)
+        shard_acts = to_device(shard.acts, device)
+        for start in range(0, len(shard_acts), batch_size):
+            acts, eval_rows = shard_acts[start : start + batch_size], is_eval[start : start + batch_size]
             latents = sae.encode(acts)
             fire_counts += (latents > 0).sum(0)
             n_all += len(acts)
@@ -67,7 +70,7 @@ def reconstruction_metrics(
             if not eval_rows.any():
                 continue
             acts, latents = acts[eval_rows], latents[eval_rows]
-            recon = sae.decode(latents)
+            recon = sae.decode(latents, acts)
             n += len(acts)
             sum_x += acts.double().sum(0)
             sum_sq_x += acts.double().pow(2).sum()
@@ -80,7 +83,7 @@ def reconstruction_metrics(
             "collect at least 20 documents"
         )
     total_var = sum_sq_x - sum_x.pow(2).sum() / n
-    density = fire_counts / n_all
+    density = (fire_counts / n_all).cpu()
     return {
         "n_eval_tokens": n,
         "n_density_tokens": n_all,
@@ -116,9 +119,11 @@ def downstream_metrics(
     if lm.d_model != sae.cfg.d_in:
         raise BadArgument(f"The SAE reads d_in={sae.cfg.d_in} but {lm.name} has d_model={lm.d_model}")
 
-    def splice(acts: Tensor) -> Tensor:
+    sae_device = sae.W_dec.device
+
+    def splice(acts: Tensor) -> Tensor:  # acts sit on their block's device, maybe not the SAE's
         out = acts.clone()
-        out[:, 1:] = sae(acts[:, 1:].float()).to(acts.dtype)
+        out[:, 1:] = sae(acts[:, 1:].to(sae_device, torch.float32)).to(acts.device, acts.dtype)
         return out
 
     def zero(acts: Tensor) -> Tensor:
