@@ -40,7 +40,9 @@ def run_collect(args: argparse.Namespace) -> None:
     from saelib.corpus import load_corpus
     from saelib.lm import load_lm
 
-    lm = load_lm(args.model, device=args.device, device_map=parse_device_map(args.device_map))
+    lm = load_lm(
+        args.model, device=args.device, device_map=parse_device_map(args.device_map), precision=args.precision
+    )
     docs = load_corpus(args.corpus, n_texts=args.n_texts, seed=args.seed)
     store = collect(
         lm,
@@ -74,7 +76,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from saelib.store import open_store
 
     sae, store = load_sae(args.run_dir, device=args.device), open_store(args.run_dir)
-    lm = None if args.no_lm else load_lm(store.model_name, args.device, parse_device_map(args.device_map))
+    lm = None
+    if not args.no_lm:
+        lm = load_lm(store.model_name, args.device, parse_device_map(args.device_map), args.precision)
     texts = store.documents("eval")[: args.n_eval_texts] if lm is not None else None
     metrics = evaluate(sae, store, lm, texts=texts, run_dir=args.run_dir)
     summary = {key: value for key, value in metrics.items() if key != "feature_density"}
@@ -89,7 +93,7 @@ def run_report(args: argparse.Namespace) -> None:
     from saelib.store import open_store
 
     sae, store = load_sae(args.run_dir, device=args.device), open_store(args.run_dir)
-    lm = load_lm(store.model_name, args.device, parse_device_map(args.device_map))
+    lm = load_lm(store.model_name, args.device, parse_device_map(args.device_map), args.precision)
     labels = None if args.no_labels else label_concepts(lm, sae)
     path = write_dashboard(args.run_dir, lm, sae, store, features=args.features, labels=labels)
     print(path)
@@ -194,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--device-map",
             default=None,
             help="spread the LM over devices with accelerate: auto, balanced, sequential or a JSON object",
+        )
+        sub.add_argument(
+            "--precision", default="auto", help="the LM's: auto (bfloat16 where native), float32, bfloat16"
         )
     return parser
 

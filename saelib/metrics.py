@@ -9,6 +9,11 @@ KL(clean || spliced) and CE-loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_
 Position 0 holds the sink token saelib puts before every text (`lm.sink_token`), which the SAE never
 trained on: it keeps its original activation in both interventions, and its prediction (of the first
 word, the same in all three runs) is left out of every average.
+
+Precision: the reconstruction metrics run the SAE in float32 on the stored activations with float64
+sums, whatever precision trained it. The downstream metrics run the LM at its own precision (recorded
+as `lm_precision`); all three CE figures come from that same model, so CE-loss recovered compares like
+with like. In bfloat16 the LM's CE figures move by about a percent; the SAE runs in float32 inside it.
 """
 
 from __future__ import annotations
@@ -178,6 +183,7 @@ def evaluate(
     }
     if lm is not None:
         texts = store.documents("eval") if texts is None else texts
+        metrics["lm_precision"] = lm.precision
         metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from saelib import distributed
 from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.losses import TrainLoss, dense_loss, topk_loss
+from saelib.precision import matmul_dtype, resolve_precision
 from saelib.sae import SAE, SAEConfig
 
 # fields that change only how a run is watched or where it runs, not what it computes: they may differ
@@ -70,6 +71,12 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     progress: bool = True
+    # "auto": bfloat16 matmuls where the CPU multiplies bf16 natively (saelib.precision), else float32;
+    # weights and Adam state stay float32 either way
+    precision: str = "auto"
+
+    def __post_init__(self):
+        self.precision = resolve_precision(self.precision, distributed.resolve_device(self.device))
 
     def __repr__(self) -> str:
         """One field per line, so a notebook shows the recipe readably (and it still evaluates)."""
@@ -210,7 +217,8 @@ class Trainer:
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        # fused: one pass over each tensor per step instead of one per arithmetic op
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True)
         self.lr = cfg.lr  # of the latest step
         self.steps_done = 0
         device = sae.W_dec.device  # the counters live beside the weights
@@ -249,14 +257,14 @@ class Trainer:
         return {**stats, "lr": self.lr}
 
     def _loss(self, x: Tensor) -> TrainLoss:
-        cfg, d_in = self.cfg, self.sae.cfg.d_in
+        cfg, d_in, dtype = self.cfg, self.sae.cfg.d_in, matmul_dtype(self.cfg.precision)
         if self.sae.cfg.arch in ("topk", "batchtopk"):
-            return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff)
+            return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff, dtype)
         if self.sae.cfg.arch == "relu":
             coeff = cfg.l1_coeff * _warmup(self.steps_done, self.total_steps, cfg.l1_warmup_frac)
         else:
             coeff = cfg.l0_coeff * _warmup(self.steps_done, self.total_steps, cfg.l0_warmup_frac)
-        return dense_loss(self.sae, x, coeff, cfg.jumprelu_bandwidth)
+        return dense_loss(self.sae, x, coeff, cfg.jumprelu_bandwidth, dtype)
 
     def _count(self, out: TrainLoss, n_tokens: int) -> None:
         """Advance the step and the tokens since each latent fired; move the BatchTopK threshold towards
