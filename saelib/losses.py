@@ -2,9 +2,12 @@
 
 - topk / batchtopk: reconstruction error, plus AuxK on the dead latents (Gao et al., 2024), through the
   sparse ops so that only the selected latents cost anything past the encoder GEMM;
+- matryoshka: the BatchTopK selection, and the mean reconstruction error of each prefix of the
+  dictionary (Bussmann et al., 2025), all prefixes summed from one decode of the selected latents;
 - relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024);
 - jumprelu: reconstruction error + L0, with straight-through threshold gradients (Rajamanoharan et
-  al., 2024).
+  al., 2024), plus a pull of the dead latents' pre-activations up to their thresholds (Anthropic,
+  January 2025) so they fire again.
 
 Each returns a `TrainLoss`; the trainer steps the optimizer and keeps the counters (which latents
 fired, the BatchTopK threshold) from it.
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelib.sae import SAE
+from saelib.sae import BATCH_ARCHS, SAE
 from saelib.sparse_ops import SparseDecode, SparseEncode, batch_top_indices, row_offsets
 
 
@@ -32,7 +35,7 @@ class TrainLoss:
 
 
 def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -> TrainLoss:
-    """TopK / BatchTopK: one dense GEMM, everything else on the selected latents only.
+    """TopK / BatchTopK / Matryoshka: one dense GEMM, everything else on the selected latents only.
 
     The top `k_aux` of the `dead` latents (a [d_sae] mask) of each token learn to predict what the
     live ones missed (Gao et al., 2024, appendix A.2), weighted down while fewer than k_aux are dead.
@@ -43,7 +46,7 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
     n_main = n_rows * k
 
     def select(pre: Tensor) -> tuple[Tensor, Tensor]:
-        if sae.cfg.arch == "topk":
+        if sae.cfg.arch not in BATCH_ARCHS:
             rows = torch.arange(n_rows).repeat_interleave(k)
             cols = pre.topk(k, dim=1, sorted=False).indices.flatten()
         else:  # the n_rows * k largest of the whole batch, in row order
@@ -61,9 +64,14 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
     bias = sae.b_enc - sae.b_dec @ sae.W_enc
     values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select)
     main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
-    recon = SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows))
-    recon = recon + sae.b_dec
-    loss = (recon - x).pow(2).sum(1).mean()
+    if sae.cfg.arch == "matryoshka":
+        recon, loss = _prefix_recons(sae, x, main_rows, main_cols, main_values)
+    else:
+        recon = SparseDecode.apply(
+            main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows)
+        )
+        recon = recon + sae.b_dec
+        loss = (recon - x).pow(2).sum(1).mean()
     if k_aux_now:
         aux_rows, aux_cols = rows[n_main:], cols[n_main:]
         aux_recon = SparseDecode.apply(
@@ -77,18 +85,49 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
     return TrainLoss(loss, recon, len(active_values) / n_rows, main_cols[active].unique(), active_values)
 
 
-def dense_loss(sae: SAE, x: Tensor, coeff: float, bandwidth: float) -> TrainLoss:
-    """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `bandwidth` is the width of the
-    straight-through kernel): dense encoder and decoder GEMMs."""
+def _prefix_recons(sae: SAE, x: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Full reconstruction and the mean over prefixes of each prefix's squared error.
+
+    One decode sums each token's selected latents per group (the latents between two prefix ends) into
+    [n_rows, n_groups, d_in]; a cumulative sum over groups gives every prefix's reconstruction, so the
+    nested prefixes cost no more than one TopK decode.
+    """
+    n_rows, ends = len(x), torch.tensor(sae.cfg.prefixes)
+    n_groups = len(ends)
+    bags = rows * n_groups + torch.searchsorted(ends, cols, right=True)
+    order = bags.argsort(stable=True)
+    bags = bags[order]
+    per_group = SparseDecode.apply(
+        values[order], sae.W_dec, bags, cols[order], row_offsets(bags, n_rows * n_groups)
+    )
+    prefix_recons = per_group.view(n_rows, n_groups, -1).cumsum(1) + sae.b_dec
+    loss = (prefix_recons - x[:, None]).pow(2).sum(2).mean()
+    return prefix_recons[:, -1], loss
+
+
+def dense_loss(
+    sae: SAE,
+    x: Tensor,
+    coeff: float,
+    threshold: Tensor | None = None,
+    bandwidth: float = 0.05,
+    dead: Tensor | None = None,
+    preact_coeff: float = 0.0,
+) -> TrainLoss:
+    """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `threshold` is the trainer's
+    differentiable copy, `bandwidth` the width of the straight-through kernel; the pre-activations of
+    the `dead` latents are pulled up to the threshold with weight `preact_coeff`): dense GEMMs."""
     pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
     if sae.cfg.arch == "relu":
         latents = F.relu(pre)
         sparsity = (latents @ sae.W_dec.norm(dim=1)).mean()
     else:
-        latents = _JumpReLU.apply(pre, sae.threshold, bandwidth)
-        sparsity = _Step.apply(pre, sae.threshold, bandwidth).sum(1).mean()
+        latents = _JumpReLU.apply(pre, threshold, bandwidth)
+        sparsity = _Step.apply(pre, threshold, bandwidth).sum(1).mean()
     recon = latents @ sae.W_dec + sae.b_dec
     loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
+    if preact_coeff and dead is not None and dead.any():
+        loss = loss + preact_coeff * F.relu(threshold[dead] - pre[:, dead]).sum(1).mean()
     with torch.no_grad():
         active = latents > 0
     return TrainLoss(loss, recon.detach(), active.sum().item() / len(x), active.any(0))
