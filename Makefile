@@ -40,8 +40,9 @@ format: setup
 	$(BIN)/ruff check --fix saelib tests scripts
 	$(BIN)/ruff format saelib tests scripts
 
+# Jupyter refuses to run as root (containers, lab machines) unless told to.
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/
 
 clean:
 	rm -rf runs/demo

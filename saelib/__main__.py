@@ -2,7 +2,8 @@
 
 Same defaults as the notebooks, so `collect`, `train`, `evaluate` and `report` on one --run-dir
 reproduce `make demo`'s results. Progress bars go to stderr; a saelib error prints one line naming the
-fix and exits with status 2.
+fix and exits with status 2. Under `torchrun --nproc-per-node N`, `collect` and `train` split the work
+over the N processes (see saelib.distributed); only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-from saelib.errors import SaelibError
+from saelib import distributed
+from saelib.errors import BadArgument, SaelibError
 
 EXAMPLES = """examples:
   python -m saelib collect --run-dir runs/demo                      # bundled SmolLM2, builtin corpus
   python -m saelib collect --run-dir runs/small --n-texts 300 --model EleutherAI/pythia-70m --layer 3
+  python -m saelib collect --run-dir runs/pre --layer blocks.15.hook_resid_pre
   python -m saelib train --run-dir runs/demo --arch topk --k 32
   python -m saelib evaluate --run-dir runs/demo --n-eval-texts 150
   python -m saelib report --run-dir runs/demo                        # runs/demo/report/dashboard.html
+  python -m saelib collect --model EleutherAI/pythia-1b --device-map auto   # spread over GPUs and CPU
+  OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 -m saelib collect --run-dir runs/demo  # 2 processes
+  OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 -m saelib train --run-dir runs/demo --device cpu
 """
 
 
@@ -33,7 +39,7 @@ def run_collect(args: argparse.Namespace) -> None:
     from saelib.corpus import load_corpus
     from saelib.lm import load_lm
 
-    lm = load_lm(args.model, device=args.device)
+    lm = load_lm(args.model, device=args.device, device_map=parse_device_map(args.device_map))
     docs = load_corpus(args.corpus, n_texts=args.n_texts, seed=args.seed)
     store = collect(
         lm,
@@ -45,8 +51,9 @@ def run_collect(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         batch_size=args.batch_size,
         corpus_spec={"spec": args.corpus, "n_texts": args.n_texts, "seed": args.seed},
+        progress=distributed.is_main(),
     )
-    print(store)
+    distributed.main_print(store)
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -55,7 +62,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     sae = train(open_store(args.run_dir), args.run_dir, TrainConfig(**options))
-    print(f"{sae!r}\nsaved to {Path(args.run_dir) / 'sae'}")
+    distributed.main_print(f"{sae!r}\nsaved to {Path(args.run_dir) / 'sae'}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -64,8 +71,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from saelib.sae import load_sae
     from saelib.store import open_store
 
-    sae, store = load_sae(args.run_dir), open_store(args.run_dir)
-    lm = None if args.no_lm else load_lm(store.model_name, device=args.device)
+    sae, store = load_sae(args.run_dir, device=args.device), open_store(args.run_dir)
+    lm = None if args.no_lm else load_lm(store.model_name, args.device, parse_device_map(args.device_map))
     texts = store.documents("eval")[: args.n_eval_texts] if lm is not None else None
     metrics = evaluate(sae, store, lm, texts=texts, run_dir=args.run_dir)
     summary = {key: value for key, value in metrics.items() if key != "feature_density"}
@@ -79,11 +86,29 @@ def run_report(args: argparse.Namespace) -> None:
     from saelib.sae import load_sae
     from saelib.store import open_store
 
-    sae, store = load_sae(args.run_dir), open_store(args.run_dir)
-    lm = load_lm(store.model_name, device=args.device)
+    sae, store = load_sae(args.run_dir, device=args.device), open_store(args.run_dir)
+    lm = load_lm(store.model_name, args.device, parse_device_map(args.device_map))
     labels = None if args.no_labels else label_concepts(lm, sae)
     path = write_dashboard(args.run_dir, lm, sae, store, features=args.features, labels=labels)
     print(path)
+
+
+def parse_device_map(text: str | None) -> str | dict | None:
+    """--device-map: 'auto', 'balanced', 'sequential', or a JSON object of module name -> device."""
+    if text is None or not text.startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadArgument(
+            f"--device-map {text!r} is not valid JSON ({err}); pass 'auto' or e.g. "
+            '\'{"model.embed_tokens": 0, "model.layers.0": 0, "lm_head": 1}\''
+        ) from err
+
+
+def layer_or_hook(text: str) -> int | str:
+    """--layer 8 is a block index; anything else is a hook name that LM.resolve checks."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         "collect", "Run a corpus through the LM and store activations in RUN_DIR/activations.", run_collect
     )
     collect.add_argument("--model", default="default", help="'default' (bundled SmolLM2), an HF id or a dir")
-    collect.add_argument("--layer", type=int, default=None, help="block index (None: the middle layer)")
-    collect.add_argument("--site", default="resid", help="resid, mlp_out or attn_out")
+    collect.add_argument(
+        "--layer",
+        type=layer_or_hook,
+        default=None,
+        help="block index (None: the middle layer) or a hook name: blocks.8.hook_resid_pre, model.layers.8",
+    )
+    collect.add_argument(
+        "--site", default=None, help="resid (block output, the default), resid_pre, mlp_out or attn_out"
+    )
     collect.add_argument("--corpus", default="builtin", help="builtin, concepts, a file/folder, hf:<name>")
     collect.add_argument("--n-texts", type=int, default=None, help="sample this many texts (None: all)")
     collect.add_argument("--max-tokens-per-text", type=int, default=64)
@@ -155,16 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (collect, evaluate, report):
         sub.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+        sub.add_argument(
+            "--device-map",
+            default=None,
+            help="spread the LM over devices with accelerate: auto, balanced, sequential or a JSON object",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if distributed.world_size() > 1 and args.command in ("evaluate", "report"):
+            raise BadArgument(
+                f"{args.command} runs in one process: launch it with python -m saelib, not torchrun"
+            )
+        distributed.resolve_device(args.device)  # a bad --device fails now, not after loading the model
+        distributed.init()
         args.run(args)
     except SaelibError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # on every rank: each says what failed on it
         return 2
+    finally:
+        distributed.shutdown()
     return 0
 
 

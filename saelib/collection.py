@@ -112,8 +112,8 @@ def collect(
     lm: LM,
     corpus: Sequence[str | Document],
     out_dir: str | os.PathLike,
-    layer: int | None = None,
-    site: str = "resid",
+    layer: int | str | None = None,
+    site: str | None = None,
     max_tokens_per_text: int = 128,
     dtype: str = "float16",
     drop_first_token: bool = True,
@@ -123,7 +123,8 @@ def collect(
     corpus_spec: dict | str | None = None,
     progress: bool = True,
 ) -> ActivationStore:
-    """Run `corpus` (texts or Documents) through `lm` and store activations at (layer, site).
+    """Run `corpus` (texts or Documents) through `lm` and store activations at (layer, site), or at a hook
+    name such as "blocks.8.hook_resid_pre" or "model.layers.8" passed as `layer` (see `LM.resolve`).
 
     Every text starts with the LM's sink token (`lm.sink_token`, e.g. a BOS), never a word: position 0
     is an attention sink with a norm ~100x the rest that would dominate the SAE's MSE, so it is left out
@@ -131,7 +132,7 @@ def collect(
     "massive activations" too (a second sink, often at position 1): tokens whose norm exceeds
     `massive_ratio` x the batch's median norm are left out as well (None keeps them).
     """
-    layer = lm.resolve(layer, site)
+    layer, site = lm.resolve(layer, site)
     if dtype not in DTYPES:
         raise BadArgument(f"dtype {dtype!r} not supported; use one of {list(DTYPES)}")
     docs = list(corpus)

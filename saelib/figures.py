@@ -9,6 +9,7 @@ notebook cell shows it and a report can save it.
     density_figure      where do chosen features sit among all firing densities? (`FeatureStats.density_plot`)
     histogram_figure    how strongly does one feature fire when it fires? (`FeatureStats.histogram`)
     overlap_figure      do different texts use different features? (`analysis.show_overlap`)
+    steering_sweep_figure  which steering strength makes a concept most likely? (`SteeringSweep.figure`)
 
 Tables and other HTML are in `saelib.html`.
 """
@@ -21,9 +22,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from saelib.metrics import log10_density
+
+
+def plain_log_axis(axis) -> None:
+    """Log-axis ticks at 1, 2, 5 × powers of ten, written as plain numbers (0.05, 2, 500): a narrow range
+    still gets several labels, and no minor labels collide."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, squeeze: bool = True):
@@ -120,6 +129,8 @@ class LiveCurves:
             ax.set_xlabel("step")
             if yscale == "log" and all(v > 0 for v in self.history[key]):
                 ax.set_yscale("log")
+            else:
+                ax.ticklabel_format(axis="y", useOffset=False)  # "32.0", never "+3.199e1" with "0.01"
         self._last_draw = time.monotonic()
         try:
             from IPython import get_ipython
@@ -173,6 +184,7 @@ def frontier_plot(metrics: dict | list[dict], reference_points: list[dict] | Non
             color="C3",
         )
     ax.set_xscale("log")
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU (fraction of variance unexplained)")
     ax.set_title("Sparsity - reconstruction frontier")
@@ -180,20 +192,47 @@ def frontier_plot(metrics: dict | list[dict], reference_points: list[dict] | Non
     return fig
 
 
+def arch_frontier_plot(points: list[dict]) -> Figure:
+    """FVU (lower is better) and CE-loss recovered (higher is better) against L0, one point per arch."""
+    metric_names = [
+        ("fvu", "FVU (fraction of variance unexplained)"),
+        ("ce_loss_recovered", "CE-loss recovered"),
+    ]
+    fig, axes = new_figure((10, 4), ncols=2)
+    for ax, (name, label) in zip(axes, metric_names):
+        for index, point in enumerate(points):
+            if point.get(name) is None:
+                continue
+            ax.scatter(point["l0"], point[name], color=f"C{index}", s=60, label=point["arch"])
+            ax.annotate(point["arch"], (point["l0"], point[name]), xytext=(5, 3), textcoords="offset points")
+        ax.set_xlabel("L0 (active latents per token)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Reconstruction: lower-left is better")
+    axes[1].set_title("Downstream: upper-left is better")
+    return fig
+
+
+LABEL_STEPS = 6  # heights the density plot's feature labels cycle through
+
+
 # ---- features ------------------------------------------------------------------------------------
 def density_figure(density, marked: dict[int, float] | None = None, figsize=(5.0, 2.6)) -> Figure:
     """Histogram of log10 firing density over all features; dead features are counted apart.
 
-    `marked` draws a vertical line per chosen feature so a dashboard shows where it sits."""
+    `marked` draws a vertical line per chosen feature so a dashboard shows where it sits; the labels of
+    neighbouring lines are stepped down in turn so they never print over each other."""
     density = np.asarray(density, dtype=np.float64)
     alive = density[density > 0]
     fig, ax = new_figure(figsize)
     if len(alive):
         ax.hist(np.log10(alive), bins=40, color="tab:blue")
-    for feature, value in (marked or {}).items():
-        if value > 0:
-            ax.axvline(np.log10(value), color="tab:red", lw=1)
-            ax.text(np.log10(value), ax.get_ylim()[1] * 0.9, f"f{feature}", color="tab:red", fontsize=8)
+    top = ax.get_ylim()[1]
+    shown = sorted((np.log10(value), feature) for feature, value in (marked or {}).items() if value > 0)
+    for step, (x, feature) in enumerate(shown):
+        ax.axvline(x, color="tab:red", lw=1)
+        height = top * (0.95 - 0.11 * (step % LABEL_STEPS))
+        ax.text(x, height, f" f{feature}", color="tab:red", fontsize=8, va="top")
     ax.set_xlabel("log10 firing density (fraction of tokens)")
     ax.set_ylabel("features")
     ax.set_title(f"{len(alive)} alive, {len(density) - len(alive)} never fired", fontsize=10)
@@ -207,7 +246,7 @@ def histogram_figure(edges, counts, title: str, figsize=(4.0, 2.4)) -> Figure:
     fig, ax = new_figure(figsize)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:orange")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on narrow ranges
+    plain_log_axis(ax.xaxis)
     nonzero = np.nonzero(counts)[0]
     if len(nonzero):
         ax.set_xlim(edges[nonzero[0]], edges[nonzero[-1] + 1])
@@ -231,4 +270,16 @@ def overlap_figure(shared, names: list[str], vmax: int, title: str) -> Figure:
             ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", color=color)
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def steering_sweep_figure(sweep, figsize=(4.2, 2.6)) -> Figure:
+    """Log-prob per token of the concept's sentences against the steering strength; the best one marked."""
+    fig, ax = new_figure(figsize)
+    ax.plot(sweep.alphas, sweep.logprobs, marker="o", color="C0")
+    ax.axvline(sweep.best_alpha, color="C3", linestyle="--", lw=1, label=f"best alpha {sweep.best_alpha:.3g}")
+    ax.set_xlabel("alpha (added multiple of the decoder direction)")
+    ax.set_ylabel("log-prob / token")
+    ax.set_title(f"Steering with {sweep.name}", fontsize=10)
+    ax.legend(fontsize=8)
     return fig

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import unicodedata
 from html import escape
 
 import numpy as np
@@ -30,6 +31,21 @@ def as_html(markup: str):
 def _token_text(token: str) -> str:
     """Escape a token for HTML and make whitespace visible."""
     return escape(token).replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def printable_token(token: str) -> str:
+    """A token quoted, with every character that would not show as itself escaped: control and format
+    characters, combining marks and variation selectors (a lone '\u0bcd' or '\ufe0f' draws as a smudge)."""
+    chars = []
+    for char in token:
+        category = unicodedata.category(char)
+        if char in "\n\t\r\\'":
+            chars.append(repr(char)[1:-1] if char != "'" else "\\'")
+        elif category[0] in "CM" or (category[0] == "Z" and char != " "):
+            chars.append(f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}")
+        else:
+            chars.append(char)
+    return "'" + "".join(chars) + "'"
 
 
 def _shade(value: float, vmax: float) -> str:
@@ -85,16 +101,29 @@ def coloured_texts_html(texts: list[tuple[list[str], np.ndarray]], name: str) ->
 
 # ---- result objects of saelib.analysis --------------------------------------------------------
 def top_features_html(top) -> str:
-    """A `TopFeatures`: per text its summary and one chip per listed feature."""
-    parts = [f"<b>Top features</b> ({top.settings})"]
+    """A `TopFeatures`: per text its summary and one chip per listed feature, in ranking order, each
+    showing the number it is ranked by (hover: its max activation)."""
+    parts = [f"<b>Top features</b> ({top.settings}; each chip shows its {top.ranking})"]
     for i, text in enumerate(top.texts):
         chips = " ".join(
-            f'<span style="display:inline-block;margin:1px 3px;padding:0 4px;border:1px solid #ccc;'
-            f'border-radius:3px">{escape(top.name(f))} <b>{v:.2f}</b></span>'
-            for f, v in zip(top.features[i], top.values[i])
+            f'<span title="max activation {v:.3g}" style="display:inline-block;margin:1px 3px;padding:0 4px;'
+            f'border:1px solid #ccc;border-radius:3px">{escape(top.name(f))} <b>{s:.2f}</b></span>'
+            for f, v, s in zip(top.features[i], top.values[i], top.scores[i])
         )
         parts.append(text_block_html(text, top.summary(i), chips or "<i>none above threshold</i>"))
     return "".join(parts)
+
+
+def features_table(descriptions: dict[int, str], density=None):
+    """Chosen features, one row each: index, firing density (if given) and description."""
+    head = "<th>feature</th>" + ("<th>density</th>" if density is not None else "") + "<th>what it is</th>"
+    rows = "".join(
+        f"<tr><td>f{f}</td>"
+        + (f"<td>{float(density[f]):.2e}</td>" if density is not None else "")
+        + f"<td style='text-align:left'>{escape(d)}</td></tr>"
+        for f, d in descriptions.items()
+    )
+    return as_html(f"<table><tr>{head}</tr>{rows}</table>")
 
 
 def text_block_html(text: str, summary: str, body: str, margin_px: int = 6) -> str:
@@ -124,7 +153,9 @@ def logit_lens_html(lens) -> str:
     """A `LogitLens`: promoted and suppressed tokens side by side."""
 
     def column(items):
-        return "".join(f"<tr><td><code>{escape(repr(t))}</code></td><td>{s:+.3f}</td></tr>" for t, s in items)
+        return "".join(
+            f"<tr><td><code>{escape(printable_token(t))}</code></td><td>{s:+.3f}</td></tr>" for t, s in items
+        )
 
     return (
         f"<b>f{lens.feature}</b> logit lens<table><tr><th>promotes</th><th>suppresses</th></tr><tr>"
@@ -148,13 +179,32 @@ def concept_labels_html(labels) -> str:
 
 
 def steering_html(steering) -> str:
-    """A `Steering`: the prompt's continuation before and after the intervention."""
-    prompt = f"<code>{escape(steering.prompt)}</code>"
+    """A `Steering`: the prompt's continuation before and after the intervention, in one monospace
+    column so the two continuations start at the same place; says so when nothing changed."""
+    prompt = escape(steering.prompt)
+    cell = 'style="font-family:monospace;white-space:pre-wrap;padding:1px 6px"'
+    rows = "".join(
+        f"<tr><td style='text-align:left;padding:1px 6px'>{escape(label)}</td>"
+        f"<td {cell}>{prompt}<b>{escape(text)}</b></td></tr>"
+        for label, text in (("before", steering.before), (steering.intervention, steering.after))
+    )
+    note = "" if steering.changed else f"<p><i>{escape(steering.no_change)}</i></p>"
+    return f"<b>{escape(steering.intervention)}</b><table>{rows}</table>{note}"
+
+
+def steering_sweep_html(sweep) -> str:
+    """A `SteeringSweep`: its plot beside a table of alpha and log-prob, the best row in bold."""
+    best = sweep.best_alpha
+    rows = "".join(
+        f"<tr{' style=font-weight:bold' if a == best else ''}><td>{a:.3g}</td><td>{lp:.3f}</td></tr>"
+        for a, lp in zip(sweep.alphas, sweep.logprobs)
+    )
+    table = f"<table><tr><th>alpha</th><th>log-prob / token</th></tr>{rows}</table>"
     return (
-        f"<b>{escape(steering.intervention)}</b><table>"
-        f"<tr><td>before</td><td>{prompt}<b>{escape(steering.before)}</b></td></tr>"
-        f"<tr><td>after</td><td>{prompt}<b>{escape(steering.after)}</b></td></tr>"
-        "</table>"
+        f"<b>Steering sweep: {escape(sweep.name)}</b> after <code>{escape(sweep.prompt)}</code>: mean "
+        f"log-prob per token of {sweep.n_texts} held-out {escape(sweep.concept)} sentences. Best alpha "
+        f"<b>{best:.3g}</b> ({sweep.gain:+.3f} per token over no steering)."
+        f'<div style="display:flex;gap:24px;align-items:center">{figure_img(sweep.figure())}{table}</div>'
     )
 
 

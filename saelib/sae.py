@@ -35,14 +35,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from saelib.atomic import save_tensors, write_json
+from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
+from saelib.hooks import hook_name
+from saelib.hub import BUNDLED_MODEL_ID, BUNDLED_MODEL_NOTE
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 THRESHOLD_ARCHS = ("batchtopk", "jumprelu", "matryoshka")  # a threshold per latent at inference
 BATCH_ARCHS = ("batchtopk", "matryoshka")  # the k * batch largest of a batch while training
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
-HOOK_NAMES = {"resid": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
 # SAE Lens architecture and activation function for each of ours (batchtopk is exported as jumprelu)
 SAE_LENS_ARCH = {
     "relu": "standard",
@@ -167,7 +169,7 @@ class SAE(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, **(metadata or {})}
         save_tensors(
-            {name: t.detach().float().contiguous() for name, t in self.state_dict().items()},
+            {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()},
             path / WEIGHTS_FILE,
         )
         write_json(path / CONFIG_FILE, self._sae_lens_config(meta))
@@ -177,11 +179,12 @@ class SAE(nn.Module):
     def _sae_lens_config(self, meta: dict) -> dict:
         """Flat SAE Lens config: readable by SAE Lens 5.x and by 6.x (through its pre-6.0 converter).
 
-        Our own fields sit under "saelib"; SAE Lens drops keys it does not know.
+        Our own fields sit under "saelib"; SAE Lens drops keys it does not know. The bundled model ("default")
+        is named by its Hugging Face id, with a note that its weights are the Q4_1 dequantization.
         """
         c = self.cfg
-        layer, site = meta.get("layer"), meta.get("site", "resid")
-        hook = HOOK_NAMES.get(site, site)
+        bundled = meta.get("model") == "default"
+        note = {"model_note": BUNDLED_MODEL_NOTE} if bundled else {}
         activation_kwargs = {"k": c.k} if c.arch == "topk" else {}
         return {
             "architecture": SAE_LENS_ARCH[c.arch],
@@ -194,10 +197,10 @@ class SAE(nn.Module):
             "finetuning_scaling_factor": False,
             "activation_fn_str": "topk" if c.arch == "topk" else "relu",
             "activation_fn_kwargs": activation_kwargs,
-            "model_name": meta.get("model"),
+            "model_name": BUNDLED_MODEL_ID if bundled else meta.get("model"),
             # SAE Lens needs a string here even when the layer is unknown
-            "hook_name": hook if layer is None else f"blocks.{layer}.{hook}",
-            "hook_layer": layer,
+            "hook_name": hook_name(meta.get("layer"), meta.get("site", "resid")),
+            "hook_layer": meta.get("layer"),
             "hook_head_index": None,
             "context_size": meta.get("context_size", 128),
             "prepend_bos": True,
@@ -207,13 +210,13 @@ class SAE(nn.Module):
             "sae_lens_training_version": None,
             "neuronpedia_id": None,
             "model_from_pretrained_kwargs": {},
-            "saelib": {"arch": c.arch, "k": c.k, "prefixes": c.prefixes and list(c.prefixes), **meta},
+            "saelib": {"arch": c.arch, "k": c.k, "prefixes": c.prefixes and list(c.prefixes), **meta, **note},
         }
 
 
-def load_sae(path: str | os.PathLike) -> SAE:
-    """Load an SAE written by `SAE.save` (or `train`), from its folder or its run folder; it works on raw
-    activations."""
+def load_sae(path: str | os.PathLike, device: str | torch.device = "auto") -> SAE:
+    """Load an SAE written by `SAE.save` (or `train`), from its folder or its run folder, onto `device`
+    ("auto": CUDA if torch sees one, else CPU); it works on raw activations."""
     path = Path(path)
     if not (path / CONFIG_FILE).exists() and (path / "sae").is_dir():
         path = path / "sae"
@@ -221,6 +224,7 @@ def load_sae(path: str | os.PathLike) -> SAE:
         raise BadFile(
             f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train"
         )
+    torch_device = resolve_device(device)
     sae = SAE(*_read_config(path / CONFIG_FILE))
     try:
         sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
@@ -229,7 +233,7 @@ def load_sae(path: str | os.PathLike) -> SAE:
             f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
             f"({str(err).splitlines()[0][:200]}); train the SAE again"
         ) from err
-    return sae.eval()
+    return sae.to(torch_device).eval()
 
 
 def _read_config(cfg_path: Path) -> tuple[SAEConfig, dict]:

@@ -62,7 +62,8 @@ class SparseEncode(torch.autograd.Function):
     def backward(ctx, grad_values: Tensor, _grad_rows, _grad_cols):
         x, rows, cols = ctx.saved_tensors
         grad_W_enc = _sum_by_latent(rows, cols, grad_values, x, ctx.d_sae).t()
-        grad_bias = torch.zeros(ctx.d_sae, dtype=grad_values.dtype).index_add_(0, cols, grad_values)
+        grad_bias = torch.zeros(ctx.d_sae, dtype=grad_values.dtype, device=grad_values.device)
+        grad_bias.index_add_(0, cols, grad_values)
         return None, grad_W_enc, grad_bias, None
 
 

@@ -31,12 +31,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
+from saelib.distributed import resolve_device, to_device
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.losses import TrainLoss, dense_loss, topk_loss
 from saelib.sae import BATCH_ARCHS, SAE, SAEConfig
 
-# fields that change only how a run is watched, not what it computes: they may differ on resume
-WATCH_FIELDS = ("progress", "log_every", "checkpoint_every")
+# fields that change only how a run is watched or where it runs, not what it computes: they may differ
+# on resume
+WATCH_FIELDS = ("progress", "log_every", "checkpoint_every", "device")
 
 
 @dataclass
@@ -57,10 +59,12 @@ class TrainConfig:
     l1_coeff: float = 5.0
     l1_warmup_frac: float = 0.05
     grad_clip: float = 1.0  # relu / jumprelu
-    # relu / jumprelu: after the penalty's warm-up, its coefficient is multiplied every step by
+    # relu / jumprelu: after the penalty's warm-up, a PI controller in log space steers its coefficient:
+    # coeff = integral * (L0 / target_l0) ** target_l0_gain, and the integral is multiplied every step by
     # (L0 / target_l0) ** (target_l0_rate * lr factor); target_l0 None means k; rate 0 keeps it fixed
     target_l0: float | None = None
-    target_l0_rate: float = 0.1
+    target_l0_rate: float = 0.05
+    target_l0_gain: float = 2.0
     # topk / batchtopk: AuxK loss on the top k_aux dead latents (default d_in // 2)
     aux_coeff: float = 1 / 32
     k_aux: int | None = None
@@ -75,6 +79,7 @@ class TrainConfig:
     jumprelu_bandwidth: float = 0.05
     threshold_lr_scale: float = 10.0
     preact_coeff: float = 3e-3
+    device: str = "auto"  # "auto": CUDA if torch sees one (cuda:LOCAL_RANK under torchrun), else cpu
     checkpoint_every: int = 500
     log_every: int = 20
     progress: bool = True
@@ -122,7 +127,8 @@ def train(
         "train": {**asdict(cfg), "n_train_tokens": n_train, "total_steps": total_steps},
     }
 
-    sae = SAE(sae_cfg, meta)
+    device = resolve_device(cfg.device)
+    sae = SAE(sae_cfg, meta).to(device)
     _initialise(sae, store, cfg, scale)  # before the Trainer, which copies the jumprelu thresholds
     trainer = Trainer(sae, cfg, total_steps)
     ckpt_dir = run_dir / "checkpoints"
@@ -141,7 +147,7 @@ def train(
         epoch, start = divmod(trainer.steps_done, steps_per_epoch)
         batches = store.iter_batches(cfg.batch_size, seed=cfg.seed * 100_003 + epoch, skip_batches=start)
         for _ in range(start, steps_per_epoch):
-            acts = next(batches)
+            acts = to_device(next(batches), device)
             if not torch.isfinite(acts).all():
                 raise BadFile(
                     f"A training batch (epoch {epoch}) holds NaN/inf activations; the store at "
@@ -197,7 +203,7 @@ class Trainer:
     counters), so a trainer restored from it continues exactly. Arch and k come from `sae.cfg`.
     """
 
-    COUNTERS = ("tokens_since_fired", "threshold_avg", "threshold_updates", "sparsity_coeff")
+    COUNTERS = ("tokens_since_fired", "threshold_avg", "threshold_updates", "sparsity_coeff", "l0_error")
     UNIT_NORM_ARCHS = ("topk", "jumprelu", *BATCH_ARCHS)
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
@@ -209,11 +215,15 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999))
         self.lr = cfg.lr  # of the latest step
         self.steps_done = 0
-        self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-        self.threshold_avg = torch.zeros((), dtype=torch.float64)  # batchtopk, before debiasing
-        self.threshold_updates = torch.zeros((), dtype=torch.long)
+        device = sae.W_dec.device  # the counters live beside the weights
+        self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+        self.threshold_avg = torch.zeros(
+            (), dtype=torch.float64, device=device
+        )  # batchtopk, before debiasing
+        self.threshold_updates = torch.zeros((), dtype=torch.long, device=device)
         start_coeff = cfg.l1_coeff if sae.cfg.arch == "relu" else cfg.l0_coeff
         self.sparsity_coeff = torch.tensor(start_coeff, dtype=torch.float64)  # relu / jumprelu, steered
+        self.l0_error = torch.zeros((), dtype=torch.float64)  # log(L0 / target_l0) of the latest step
         self._sums: dict[str, float] = {}  # of the step stats since the last log_stats()
         self._n_summed = 0
 
@@ -257,7 +267,8 @@ class Trainer:
         cfg, d_in = self.cfg, self.sae.cfg.d_in
         if self.sae.cfg.arch in ("topk", *BATCH_ARCHS):
             return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff)
-        coeff = self.sparsity_coeff.item() * _warmup(self.steps_done, self.total_steps, self._warmup_frac())
+        coeff = self.sparsity_coeff.item() * math.exp(cfg.target_l0_gain * self.l0_error.item())
+        coeff *= _warmup(self.steps_done, self.total_steps, self._warmup_frac())
         if self.sae.cfg.arch == "relu":
             return dense_loss(self.sae, x, coeff)
         threshold = self.log_threshold.exp()
@@ -268,14 +279,17 @@ class Trainer:
         return self.cfg.l1_warmup_frac if self.sae.cfg.arch == "relu" else self.cfg.l0_warmup_frac
 
     def _steer(self, l0: float, lr_factor: float) -> None:
-        """After the penalty's warm-up, raise its coefficient while L0 is above target, lower it below."""
+        """After the penalty's warm-up, raise its coefficient while L0 is above target, lower it below.
+
+        The integral term alone lags the L0 it steers and overshoots (L0 swung between 0.1 and 40 around a
+        target of 6 on planted data); the proportional term reacts at once and damps the swing."""
         cfg = self.cfg
         warm = self.steps_done >= round(self._warmup_frac() * self.total_steps)
         if self.sae.cfg.arch not in ("relu", "jumprelu") or not cfg.target_l0_rate or not warm:
             return
         target = cfg.target_l0 or cfg.k
-        log_ratio = max(-1.0, min(1.0, math.log(max(l0, 1e-3) / target)))
-        self.sparsity_coeff *= math.exp(cfg.target_l0_rate * lr_factor * log_ratio)
+        self.l0_error.fill_(max(-1.0, min(1.0, math.log(max(l0, 1e-3) / target))))
+        self.sparsity_coeff *= math.exp(cfg.target_l0_rate * lr_factor * self.l0_error.item())
 
     def _count(self, out: TrainLoss, n_tokens: int) -> None:
         """Advance the step and the tokens since each latent fired; move the BatchTopK threshold towards
@@ -312,7 +326,7 @@ class Trainer:
         if self.sae.cfg.arch == "jumprelu":
             tensors["state.log_threshold"] = self.log_threshold
         tensors["state.steps_done"] = torch.tensor(self.steps_done)
-        return {name: t.detach().clone().contiguous() for name, t in tensors.items()}
+        return {name: t.detach().cpu().clone().contiguous() for name, t in tensors.items()}
 
     def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
         """Continue from what `state_dict()` returned."""
@@ -347,7 +361,7 @@ def _initialise(sae: SAE, store, cfg: TrainConfig, scale: float) -> None:
     norm = 1.0 if sae.cfg.arch in Trainer.UNIT_NORM_ARCHS else 0.1
     sae.W_dec.copy_(directions * norm)
     sae.W_enc.copy_(sae.W_dec.t())
-    sample = next(store.iter_batches(4096, seed=cfg.seed)) * scale
+    sample = next(store.iter_batches(4096, seed=cfg.seed)).to(sae.W_dec.device) * scale
     sae.b_dec.copy_(geometric_median(sample) if cfg.b_dec_init == "geometric_median" else sample.mean(0))
     if sae.cfg.arch == "jumprelu":
         pre = sae.pre_acts(sample)

@@ -2,8 +2,14 @@
 
 The texts are encoded once (`analysis.encode_texts`); a slider tick only slices the cached
 latents and rebuilds an HTML string, so it redraws in milliseconds (`last_redraw_ms`). Only the
-text box runs the model again. When displayed, the explorer also prints its initial view as an
-ordinary HTML output, because a headless run (papermill) keeps no widget output in the cells.
+**Update** button runs the model again, on the text box's lines; until then a hint says the box
+holds edits that are not shown. (A widget's text area keeps its keys: Enter and Shift+Enter type a
+newline there, so a button, not a key, applies the texts.)
+
+The controls stay put: the view scrolls inside a fixed-height box, the picked feature's colouring
+on top. Displayed, the explorer sends one output whose bundle holds the widget and, as
+`text/html`, a static copy of its first view: a live front end shows only the widget, while a
+headless run (papermill, nbconvert), which keeps no widget output, shows the static copy.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from IPython.display import display
 from saelib import analysis, html
 
 MAX_TOP_K = 50  # slider range; more features per text do not fit on a screen
+VIEW_HEIGHT = "420px"  # the view scrolls inside this, so the controls above it stay on screen
+EDITED_HINT = "Edited, not shown yet: press Update"
 
 
 class Explorer:
@@ -55,21 +63,33 @@ class Explorer:
         self.text = widgets.Textarea(
             value="\n".join(self.acts.texts),
             description="texts",
-            placeholder="one text per line",
-            continuous_update=False,
-            layout=widgets.Layout(width="90%", height="5em"),
+            placeholder="one text per line, then press Update",
+            continuous_update=True,  # every edit reaches the kernel, so the hint can follow it
+            layout=widgets.Layout(width="75%", height="4.5em"),
         )
-        self.view = widgets.HTML()
+        self.update = widgets.Button(description="Update", button_style="primary", tooltip="encode the texts")
+        self.update.add_class("saelib-explorer-update")
+        self.hint = widgets.Label()
+        self.hint.add_class("saelib-explorer-hint")
+        self.view = widgets.HTML(layout=widgets.Layout(height=VIEW_HEIGHT, overflow="auto"))
         self.view.add_class("saelib-explorer-view")
         self.status = widgets.Label()
         self.status.add_class("saelib-explorer-status")
         self._fit_controls_to_texts()
         for control in (self.threshold, self.top_k, self.feature):
             control.observe(self.redraw, names="value")
-        self.text.observe(self._on_text, names="value")
+        self.text.observe(self._on_edit, names="value")
+        self.update.on_click(self._on_update)
         self.redraw()
+        self.controls = widgets.HBox([self.threshold, self.top_k, self.feature])
+        self.controls.add_class("saelib-explorer-controls")
         self.widget = widgets.VBox(
-            [widgets.HBox([self.threshold, self.top_k, self.feature]), self.text, self.status, self.view]
+            [
+                self.controls,
+                widgets.HBox([self.text, widgets.VBox([self.update, self.hint])]),
+                self.status,
+                self.view,
+            ]
         )
 
     # ---- state that depends on the texts ------------------------------------------------------
@@ -86,29 +106,43 @@ class Explorer:
             if v > 0
         ]
         options = options or [("no active feature", features[0].item())]
-        keep = self.feature.value in [f for _, f in options]
+        picked = self.feature.value  # read first: assigning `options` resets `value`
         self.feature.options = options
-        self.feature.value = self.feature.value if keep else options[0][1]
+        self.feature.value = picked if picked in [f for _, f in options] else options[0][1]
 
-    def _on_text(self, change) -> None:
-        texts = [line for line in change["new"].splitlines() if line.strip()]
+    def _typed_texts(self) -> list[str]:
+        return [line for line in self.text.value.splitlines() if line.strip()]
+
+    def _on_edit(self, change) -> None:
+        """Typing only updates the hint; the model runs on Update."""
+        self.hint.value = "" if self._typed_texts() == self.acts.texts else EDITED_HINT
+
+    def _on_update(self, button=None) -> None:
+        texts = self._typed_texts()
         if not texts:
             self.status.value = "Enter at least one non-empty line of text."
             return
         start = time.perf_counter()
         self.acts = analysis.encode_texts(self.lm, self.sae, texts, self.max_length)
         self.last_encode_ms = 1000 * (time.perf_counter() - start)
+        self.hint.value = ""
         self._fit_controls_to_texts()
         self.redraw()
 
     # ---- drawing -------------------------------------------------------------------------
     def render(self) -> str:
-        """The current view as HTML: per text its top features, active fraction and token heatmap,
-        then every text coloured by the picked feature. Reads cached latents only."""
+        """The current view as HTML: every text coloured by the picked feature, then per text its top
+        features, active fraction and token heatmap. Reads cached latents only."""
         current = analysis.top_features(
             self.acts, self.threshold.value, self.top_k.value, self.labels, self.density
         )
-        parts = [f"<b>threshold {current.threshold:.3g} · top k {current.top_k}</b>"]
+        feature = self.feature.value
+        name = analysis.feature_name(feature, self.labels)
+        parts = [
+            html.coloured_texts_html(self.acts.feature_values(feature), name),
+            f"<br><b>threshold {current.threshold:.3g} · top k {current.top_k}</b> "
+            f"(ranked by {current.ranking})",
+        ]
         for i, text in enumerate(self.acts.texts):
             features = current.features[i]
             tokens, latents = self.acts.scored(i)
@@ -118,10 +152,7 @@ class Explorer:
                 else "<i>no feature above the threshold</i>"
             )
             parts.append(html.text_block_html(text, current.summary(i), heatmap, margin_px=8))
-        feature = self.feature.value
-        name = analysis.feature_name(feature, self.labels)
-        parts.append(html.coloured_texts_html(self.acts.feature_values(feature), name))
-        return "".join(parts)
+        return '<div style="line-height:1.3">' + "".join(parts) + "</div>"
 
     def redraw(self, change=None) -> None:
         """Slider/picker callback: rebuild the view from the cache and time it."""
@@ -132,9 +163,9 @@ class Explorer:
         self.status.value = f"redraw {self.last_redraw_ms:.1f} ms{encode}"
 
     def _ipython_display_(self) -> None:
-        display(self.widget)
-        static = (
-            "<details open><summary>Static copy of the view (for non-interactive renderings; "
-            f"does not follow the sliders)</summary>{self.render()}</details>"
+        bundle = self.widget._repr_mimebundle_()
+        bundle["text/html"] = (
+            "<p><i>Static copy of the Explorer as first drawn; run the notebook in Jupyter to move "
+            f"the sliders.</i></p>{self.render()}"
         )
-        display(html.as_html(static))
+        display(bundle, raw=True)

@@ -141,3 +141,21 @@ def text_sae(tiny_llama) -> SAE:
     sae = random_sae("relu", tiny_llama.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
     torch.nn.init.zeros_(sae.b_dec)
     return sae
+
+
+def save_tiny_run(lm: LM, run_dir: Path, sae_dir: Path | None = None, n_texts: int = 300) -> SAE:
+    """A run folder 03_analyze can open, all from the tiny LM: the LM saved as a local model directory
+    (run_dir/model), its layer-1 activations of concept sentences (run_dir/activations) and a sparse
+    random ReLU SAE (in `sae_dir`, default run_dir/sae) whose metadata names no loadable model."""
+    from saelib.collection import collect
+    from saelib.corpus import load_concepts
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(run_dir / "model")
+    lm.tokenizer.save_pretrained(run_dir / "model")
+    texts = load_concepts()[:n_texts]
+    collect(lm, texts, run_dir / "activations", layer=1, max_tokens_per_text=32, progress=False)
+    sae = random_sae("relu", lm.d_model, 96, scale=5.0, b_enc=-1.0, layer=1)
+    torch.nn.init.zeros_(sae.b_dec)
+    sae.save(sae_dir or run_dir / "sae", metadata={"model": lm.name})
+    return sae

@@ -7,6 +7,7 @@ import torch
 from conftest import random_sae
 
 from saelib import analysis
+from saelib.corpus import load_concepts
 from saelib.errors import BadArgument
 
 LAYER = 1
@@ -75,3 +76,46 @@ def test_ablating_a_silent_feature_keeps_the_text_and_a_loud_one_changes_it(tiny
     assert quiet.after == quiet.before
     loud = analysis.ablate(tiny_llama, sae, "Dogs are", feature=5, max_new_tokens=6)
     assert loud.after != loud.before and loud.intervention == "f5 zeroed"
+
+
+def test_unprintable_tokens_are_shown_escaped():
+    from saelib.html import printable_token
+
+    assert printable_token("\u0bcd") == "'\\u0bcd'" and printable_token("\ufe0f") == "'\\ufe0f'"
+    assert printable_token(" the") == "' the'" and printable_token("\n") == "'\\n'"
+
+
+def test_steering_names_the_concept_and_says_when_nothing_changed(tiny_llama, sae):
+    labels = {0: "animals"}
+    unchanged = analysis.steer(tiny_llama, sae, "Dogs are", 0, alpha=0.0, max_new_tokens=4, labels=labels)
+    assert unchanged.intervention == "f0 (animals) += 0" and not unchanged.changed
+    assert "changed nothing" in repr(unchanged) and "changed nothing" in unchanged._repr_html_()
+    before_line, after_line = repr(unchanged).splitlines()[1:3]
+    assert before_line.index("'") == after_line.index("'")  # the two continuations start in one column
+    zeroed = analysis.ablate(tiny_llama, sae, "Dogs are", 0, max_new_tokens=4, labels=labels)
+    assert zeroed.intervention == "f0 (animals) zeroed"
+
+
+def test_continuation_logprob_is_the_mean_over_the_texts_tokens(tiny_llama):
+    prompt, text = "Dogs are", "man's best friend."
+    ids = tiny_llama.token_ids(prompt)[0]
+    cont = tiny_llama.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    logits = tiny_llama.logits(torch.tensor([ids + cont]))[0].log_softmax(-1)
+    expected = sum(float(logits[len(ids) - 1 + i, t]) for i, t in enumerate(cont)) / len(cont)
+    assert analysis.continuation_logprob(tiny_llama, prompt, [text]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_steering_sweep_measures_each_alpha_against_no_steering(tiny_llama, sae):
+    alphas = [0.0, 2.0, 50.0]
+    sweep = analysis.steering_sweep(tiny_llama, sae, "Dogs are", 3, "animals", alphas=alphas, n_texts=3)
+    animals = [d.text for d in load_concepts("heldout") if d.concept == "animals"][:3]
+    assert sweep.n_texts == 3 and sweep.name == "f3 (animals)"
+    assert sweep.logprobs[0] == pytest.approx(analysis.continuation_logprob(tiny_llama, "Dogs are", animals))
+    assert len(set(sweep.logprobs)) == 3  # steering moved the log-prob
+    assert sweep.best_alpha == sweep.alphas[sweep.logprobs.index(max(sweep.logprobs))]
+    assert sweep.gain == max(sweep.logprobs) - sweep.logprobs[0] >= 0
+    assert "best alpha" in repr(sweep) and "<img" in sweep._repr_html_()
+    with pytest.raises(BadArgument, match="include 0.0"):
+        analysis.steering_sweep(tiny_llama, sae, "Dogs are", 3, "animals", alphas=[1.0])
+    with pytest.raises(BadArgument, match="No held-out sentences"):
+        analysis.steering_sweep(tiny_llama, sae, "Dogs are", 3, "no such concept", alphas=[0.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +53,12 @@ def test_density_ranking_prefers_rare_features():
     density = torch.tensor([0.5, 0.001, 0.01, 0.01, 0.01, 0.0])
     ranked = analysis.top_features(acts, top_k=1, density=density)
     assert ranked.features == [[1]] and ranked.values == [[2.0]] and "density" in repr(ranked)
+    assert ranked.scores[0][0] == pytest.approx(2.0 * -np.log(0.001))  # the chips show what the order is by
+    two = analysis.top_features(acts, top_k=2, density=density)
+    assert two.scores[0] == sorted(two.scores[0], reverse=True) and two.values[0] == [2.0, 3.0]
+    chips = two._repr_html_()
+    assert "each chip shows its max activation x log(1/density)" in chips
+    assert chips.index(f"<b>{two.scores[0][0]:.2f}</b>") < chips.index(f"<b>{two.scores[0][1]:.2f}</b>")
     with pytest.raises(BadArgument, match="density"):
         analysis.top_features(acts, top_k=1, density=torch.ones(3))
 
@@ -77,10 +84,14 @@ def test_encode_texts_defaults_to_starter_sentences_and_views_render(tiny_llama,
     assert coloured.count("<span title=") == scored_tokens
 
 
-def test_search_features_ranks_by_activation(tiny_llama, sae):
+def test_search_features_ranks_by_activation_or_specificity(tiny_llama, sae):
     found = analysis.search_features(tiny_llama, sae, "London is a major city.", top_k=3, labels={7: "seven"})
     direct = analysis.encode_texts(tiny_llama, sae, ["London is a major city."]).text_max[0]
     assert found.features[0] == direct.topk(3).indices.tolist() and found.labels == {7: "seven"}
+    density = torch.full((direct.shape[0],), 0.001)
+    density[found.features[0][0]] = 0.5  # the strongest fires everywhere: specificity passes it over
+    specific = analysis.search_features(tiny_llama, sae, "London is a major city.", top_k=3, density=density)
+    assert found.features[0][0] not in specific.features[0][:1] and "log(1/density)" in specific.settings
 
 
 def test_bad_inputs_name_the_fix(tiny_llama, sae):

@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, TRAINING_TEXT
+
+from saelib.__main__ import main
 
 
 def saelib_cli(*args: str) -> subprocess.CompletedProcess:
@@ -29,8 +32,9 @@ def test_collect_train_evaluate_report(tmp_path, tiny_model_dir):
     corpus.write_text("\n\n".join(f"{text} Take {i}." for i in range(4) for text in TRAINING_TEXT))
     run = str(tmp_path / "run")
     collect = saelib_cli(
-        "collect", "--run-dir", run, "--model", str(tiny_model_dir), "--corpus", str(corpus), "--layer", "1"
-    )
+        "collect", "--run-dir", run, "--model", str(tiny_model_dir), "--corpus", str(corpus),
+        "--layer", "blocks.1.hook_resid_pre",
+    )  # fmt: skip
     assert collect.returncode == 0, collect.stderr
     assert "ActivationStore" in collect.stdout and "collect L1" in collect.stderr  # progress bar on stderr
     train = saelib_cli(
@@ -50,6 +54,7 @@ def test_collect_train_evaluate_report(tmp_path, tiny_model_dir):
     assert train.returncode == 0, train.stderr
     cfg = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())
     assert cfg["saelib"]["train"]["k"] == 4 and cfg["saelib"]["layer"] == 1
+    assert cfg["hook_name"] == "blocks.1.hook_resid_pre"
     evaluate = saelib_cli("evaluate", "--run-dir", run, "--n-eval-texts", "5")
     assert evaluate.returncode == 0, evaluate.stderr
     assert "ce_loss_recovered" in json.loads(evaluate.stdout)
@@ -77,6 +82,29 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, tiny_model_dir, args, message
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and message in last_line
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["collect", "--device", "gpu"], "Unknown device 'gpu'; use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        (["train", "--device", "cuda:x"], "Unknown device"),
+        (["evaluate", "--device", "xla"], "not supported"),
+        (["report", "--device", "cuda" if not torch.cuda.is_available() else "cuda:99"], "cuda"),
+        (["collect", "--device-map", "{cpu"], "not valid JSON"),
+    ],
+)
+def test_bad_device_fails_before_any_work(capsys, args, message):
+    """Checked in-process (no model is loaded): one error line naming the fix, exit status 2."""
+    assert main([args[0], "--run-dir", "no/such/run", *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_evaluate_and_report_refuse_torchrun(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["report", "--run-dir", "no/such/run"]) == 2
+    assert "launch it with python -m saelib, not torchrun" in capsys.readouterr().err
 
 
 def test_help_lists_the_commands_and_examples():

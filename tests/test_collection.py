@@ -132,6 +132,14 @@ def test_bad_dtype_layer_and_site(tmp_path, tiny_llama):
         collect(tiny_llama, TEXTS[:2], tmp_path, site="embed", progress=False)
 
 
+def test_collect_at_a_hook_name(tmp_path, tiny_llama):
+    store = collect(tiny_llama, TEXTS[:2], tmp_path, layer="blocks.2.hook_resid_pre", progress=False)
+    assert (store.layer, store.site) == (2, "resid_pre")
+    direct = tiny_llama.activations(TEXTS[:2], layer=1)  # the input of block 2 is the output of block 1
+    expected = torch.cat([a[1:] for a in direct.acts]).half()
+    assert torch.equal(torch.cat([s.acts for s in store.shards()]), expected)
+
+
 def test_no_word_is_lost(tmp_path, tiny_llama):
     """The tiny tokenizer adds no BOS: every word of every text, one-word texts too, gets a row."""
     texts = ["Dogs", "London is a major city.", *TEXTS[:5]]

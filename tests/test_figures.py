@@ -62,3 +62,26 @@ def test_analysis_and_html_import_no_plotting_or_widgets():
     code = "import sys, saelib.analysis, saelib.html; print({'matplotlib', 'ipywidgets'} & set(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "set()"
+
+
+def visible_tick_labels(fig, axis) -> list[str]:
+    fig.canvas.draw()
+    low, high = sorted(axis.get_view_interval())
+    return [t.get_text() for t, v in zip(axis.get_ticklabels(), axis.get_ticklocs()) if low <= v <= high]
+
+
+def test_axes_read_plainly():
+    """No offset text on a flat L0 curve, several 1-2-5 labels on a one-decade log axis, and the density
+    plot's labels of nearby features at different heights."""
+    curves = figures.LiveCurves(min_seconds=0)
+    for step, l0 in enumerate([31.9900, 31.9905, 31.9910], start=1):
+        curves(step, {"loss": 1.0, "fvu": 0.5, "l0": l0, "dead_frac": 0.0})
+    l0_labels = visible_tick_labels(curves.close(), curves.axes["l0"].yaxis)
+    assert l0_labels and all(label.startswith("31.99") for label in l0_labels)  # not "0.0005" + an offset
+    histogram = figures.histogram_figure([0.1, 0.3, 1.0], [3, 4], title="f0")
+    assert visible_tick_labels(histogram, histogram.axes[0].xaxis) == ["0.1", "0.2", "0.5", "1"]
+    frontier = figures.frontier_plot([{"l0": 8, "fvu": 0.3}, {"l0": 60, "fvu": 0.1}])
+    assert "20" in visible_tick_labels(frontier, frontier.axes[0].xaxis)
+    density = figures.density_figure([0.01, 0.0101, 0.0102, 0.5], marked={0: 0.01, 1: 0.0101, 2: 0.0102})
+    heights = [text.get_position()[1] for text in density.axes[0].texts]
+    assert len(set(heights)) == 3

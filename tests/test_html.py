@@ -31,3 +31,9 @@ def test_notebook_tables_and_inline_figure():
     fig = plt.figure(figsize=(1, 1))
     plt.close(fig)
     assert html.figure_img(fig).startswith('<img alt="figure" src="data:image/png;base64,')
+
+
+def test_features_table_lists_density_and_description():
+    descriptions = {12: "cooking (AUROC 0.97)", 3: "top tokens: '<'"}
+    table = html.features_table(descriptions, density=np.eye(20)[0] + 0.01)
+    assert table.data.count("<tr>") == 3 and "1.00e-02" in table.data and "&#x27;&lt;&#x27;" in table.data

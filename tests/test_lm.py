@@ -79,7 +79,54 @@ def test_a_tokenizer_that_adds_bos_gets_no_second_sink():
 
 
 def test_default_layer_is_the_middle_one(tiny_llama):
-    assert tiny_llama.resolve(None) == tiny_llama.n_layers // 2
+    assert tiny_llama.resolve(None) == (tiny_llama.n_layers // 2, "resid")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+def test_resid_pre_is_the_previous_blocks_output_and_the_embeddings_at_0(arch):
+    lm = make_tiny_lm(arch)
+    batch = lm.tokenize(TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.inference_mode():
+        hidden = lm.model(**batch, output_hidden_states=True).hidden_states
+    real = mask.bool()
+    torch.testing.assert_close(lm.forward_to(ids, mask, 0, "resid_pre")[real], hidden[0][real])
+    for layer in range(1, lm.n_layers):
+        pre = lm.forward_to(ids, mask, layer, "resid_pre")
+        torch.testing.assert_close(pre, lm.forward_to(ids, mask, layer - 1, "resid"))
+
+
+@pytest.mark.parametrize(
+    "name,layer,site",
+    [
+        ("blocks.2.hook_resid_pre", 2, "resid_pre"),
+        ("blocks.1.hook_resid_post", 1, "resid"),
+        ("blocks.1.hook_mlp_out", 1, "mlp_out"),
+        ("model.layers.1", 1, "resid"),
+    ],
+)
+def test_activations_at_a_hook_name_equal_layer_and_site(tiny_llama, name, layer, site):
+    assert tiny_llama.resolve(name) == (layer, site)
+    named = tiny_llama.activations(TEXTS, name).acts
+    for a, b in zip(named, tiny_llama.activations(TEXTS, layer=layer, site=site).acts):
+        assert torch.equal(a, b)
+
+
+def test_a_hook_name_with_another_site_is_refused(tiny_llama):
+    with pytest.raises(BadArgument, match="resid_pre"):
+        tiny_llama.activations(TEXTS, "blocks.1.hook_resid_pre", site="mlp_out")
+    assert tiny_llama.resolve("blocks.1.hook_resid_pre", "resid_pre") == (1, "resid_pre")
+
+
+def test_hooked_resid_pre_replaces_the_input_of_the_block(tiny_llama):
+    lm = tiny_llama
+    batch = lm.tokenize(TEXTS)
+    with lm.hooked(2, "resid_pre", torch.zeros_like):
+        at_input = lm.logits(batch["input_ids"], batch["attention_mask"])
+    with lm.hooked(1, "resid", torch.zeros_like):
+        at_output = lm.logits(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(at_input, at_output)
+    assert not torch.allclose(at_input, lm.logits(batch["input_ids"], batch["attention_mask"]))
 
 
 def test_hooked_replaces_the_activation_and_is_removed(tiny_llama):
@@ -127,3 +174,28 @@ def test_real_bundled_model():
     assert lm.d_model == 576 and lm.n_layers == 30
     assert "Paris" in lm.generate("The capital of France is", max_new_tokens=5)
     assert lm.unembed().shape[1] == 576
+
+
+def test_device_map_spreads_the_model_and_hooks_still_work(tmp_path, tiny_llama):
+    """device_map goes to from_pretrained: here blocks 2-3 are offloaded to disk (as accelerate does with a
+    model larger than the devices); activations at an offloaded block, and logits, match the plain model."""
+    tiny_llama.model.save_pretrained(tmp_path)
+    tiny_llama.tokenizer.save_pretrained(tmp_path)
+    where = {f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(4)}
+    where.update(
+        {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    )
+    mapped = load_lm(str(tmp_path), device_map=where)
+    assert mapped.model.hf_device_map["model.layers.3"] == "disk" and mapped.device == torch.device("cpu")
+    batch = tiny_llama.tokenize(TEXTS)
+    for layer in (1, 3):
+        expected = tiny_llama.forward_to(batch["input_ids"], batch["attention_mask"], layer)
+        torch.testing.assert_close(
+            mapped.forward_to(batch["input_ids"], batch["attention_mask"], layer), expected
+        )
+    torch.testing.assert_close(mapped.logits(**batch), tiny_llama.logits(**batch))
+
+
+def test_bad_device_fails_before_loading():
+    with pytest.raises(BadArgument, match="Unknown device"):
+        load_lm("no/such/model", device="gpu")

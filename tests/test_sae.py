@@ -113,3 +113,22 @@ def test_hook_name_is_a_string_without_a_layer(tmp_path):
     sae.meta.pop("layer", None)
     sae.save(tmp_path)
     assert isinstance(json.loads((tmp_path / "cfg.json").read_text())["hook_name"], str)
+
+
+@pytest.mark.parametrize(
+    "site,hook", [("resid_pre", "blocks.2.hook_resid_pre"), ("mlp_out", "blocks.2.hook_mlp_out")]
+)
+def test_saved_hook_name_matches_the_site(site, hook, tmp_path):
+    random_sae("relu", site=site).save(tmp_path)
+    assert json.loads((tmp_path / "cfg.json").read_text())["hook_name"] == hook
+    assert load_sae(tmp_path).meta["site"] == site
+
+
+def test_the_bundled_model_is_saved_under_its_hub_id_with_a_note(tmp_path):
+    sae = random_sae("topk")
+    sae.meta["model"] = "default"
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "Q4_1" in cfg["saelib"]["model_note"]
+    assert load_sae(tmp_path).meta["model"] == "default"  # saelib reloads the bundled weights

@@ -264,6 +264,31 @@ def test_divergence_raises_and_names_the_fix(planted, tmp_path):
         train(store, tmp_path, **settings)
 
 
+@pytest.mark.parametrize("arch", ["jumprelu", "relu"])
+def test_sparsity_penalty_is_steered_to_the_target_l0(arch, tmp_path):
+    """One asks for an L0 (half the ~12 planted features on per token); the coefficient that gives it is
+    found while training, from far too weak."""
+    store = store_from_tensor(planted_acts(8192, density=0.25)[0], tmp_path / "activations")
+    stats = []
+    start = {"jumprelu": {"l0_coeff": 1e-2}, "relu": {"l1_coeff": 0.3}}[arch]
+    train(
+        store,
+        tmp_path / "run",
+        arch=arch,
+        expansion=3,
+        batch_size=256,
+        epochs=25,
+        lr=3e-3,
+        target_l0=6,
+        progress=False,
+        callback=lambda step, s: stats.append(s),
+        **start,
+    )
+    final_l0 = sum(s["l0"] for s in stats[-5:]) / 5
+    assert 4.5 <= final_l0 <= 7.5, final_l0
+    assert stats[-1]["dead_frac"] <= 0.1
+
+
 def prefix_fvus(sae, acts: torch.Tensor) -> list[float]:
     """FVU of the reconstruction from each prefix of the latents alone."""
     latents = sae.encode(acts)

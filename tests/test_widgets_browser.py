@@ -1,11 +1,14 @@
-"""The explorer in a real JupyterLab driven by Debian's headless chromium (Playwright, no downloaded browser).
+"""The explorer and 03_analyze in a real JupyterLab driven by Debian's headless chromium (Playwright, no
+downloaded browser), used as a teacher would: Run All, then the widgets.
 
-A tiny random LM and a small ReLU SAE are saved to a temp run; a notebook loads both from disk with
-saelib and shows `Explorer`. The test runs all cells, moves the sliders, picks a feature and edits
-the text box, and checks what the live view says against the same computation done here.
-Screenshots land in tests/artifacts/ (git-ignored). Never run `playwright install` (it downloads a browser);
-the kernel counts as ready only when the status bar reads "Python 3 (ipykernel) | Idle" (the toolbar shows
-idle before a kernel exists), and sessions are deleted through /api/sessions before and after.
+A tiny random LM, its stored activations and a small ReLU SAE are saved to a temp run
+(`conftest.save_tiny_run`). One test shows `Explorer` alone and drives it like a person: moves the
+sliders, picks a feature, types new texts and presses Update, checking the live view against the same
+computation done here and that the controls stay on screen. The other runs the real 03_analyze on the
+tiny run and checks that every cell ran, the Explorer answers, and the steering and density figures
+show. Screenshots land in tests/artifacts/ (git-ignored). Never run `playwright install` (it downloads
+a browser); the kernel counts as ready only when the status bar reads "Python 3 (ipykernel) | Idle" (the
+toolbar shows idle before a kernel exists), and sessions are deleted through /api/sessions before and after.
 """
 
 from __future__ import annotations
@@ -22,18 +25,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
-import torch
+from conftest import save_tiny_run
 
-from saelib import analysis
-from saelib.sae import SAE, SAEConfig
+from saelib import analysis, widgets
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 JUPYTER = Path(sys.executable).parent / "jupyter"
 TEXTS = ["Dogs are man's best friend.", "Neural networks process information.", "London is a major city."]
-LAYER, D_SAE, TOP_K = 1, 96, 5
+D_SAE, TOP_K = 96, 5
+NEW_TEXTS = ["Dogs are man's best friend.", "London is a major city."]
 IDLE = "Python 3 (ipykernel) | Idle"
 
 pytestmark = pytest.mark.skipif(
@@ -46,20 +50,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_run(lm, run_dir: Path) -> SAE:
-    """Save the tiny LM as a local model directory and a random ReLU SAE in run_dir/sae."""
-    lm.model.save_pretrained(run_dir / "model")
-    lm.tokenizer.save_pretrained(run_dir / "model")
-    gen = torch.Generator().manual_seed(0)
-    sae = SAE(SAEConfig(d_in=lm.d_model, d_sae=D_SAE, arch="relu"))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(lm.d_model, D_SAE, generator=gen) * 5.0)
-        sae.b_enc.fill_(-1.0)
-        sae.W_dec.copy_(torch.randn(D_SAE, lm.d_model, generator=gen) / lm.d_model**0.5)
-    sae.save(run_dir / "sae", metadata={"model": lm.name, "layer": LAYER, "site": "resid"})
-    return sae
 
 
 def write_notebook(path: Path, run_dir: Path) -> None:
@@ -164,26 +154,24 @@ def stop_lab(server: subprocess.Popen, port: int, token: str) -> None:
         server.wait()
 
 
-def summaries(top: analysis.TopFeatures) -> list[str]:
-    return [top.summary(i) for i in range(len(top.texts))]
+def write_analyze_notebook(path: Path, run_dir: Path) -> None:
+    """notebooks/03_analyze.ipynb with the tiny run's settings in a cell after its parameters cell, as
+    papermill injects them."""
+    nb = nbformat.read(ROOT / "notebooks" / "03_analyze.ipynb", as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    settings = f"run_dir = {str(run_dir)!r}\nmodel = {str(run_dir / 'model')!r}\ntop_k = {TOP_K}\n"
+    settings += "steer_scales = [0, 1, 4]"
+    nb.cells.insert(first + 1, nbformat.v4.new_code_cell(settings))
+    nbformat.write(nb, path)
 
 
-def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
+@contextlib.contextmanager
+def lab_page(notebook_dir: Path, home: Path, notebook: str, run_timeout_ms: int):
+    """A headless chromium page on `notebook` in a fresh JupyterLab, after Run All Cells has been clicked."""
     from playwright.sync_api import expect, sync_playwright
 
-    run_dir = tmp_path / "run"
-    sae = make_run(tiny_llama, run_dir)
-    notebook_dir = tmp_path / "notebooks"
-    notebook_dir.mkdir()
-    write_notebook(notebook_dir / "explorer.ipynb", run_dir)
-    acts = analysis.encode_texts(tiny_llama, sae, TEXTS)  # what the kernel should show, computed here
-    expected_start = summaries(analysis.top_features(acts, 0.0, TOP_K))
-    expected_top3 = summaries(analysis.top_features(acts, 0.0, 3))
-    strongest_text = int(acts.text_max.max(dim=1).values.argmax())  # still active at half the maximum
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
     port, token = free_port(), "saelib-test-token"
-    server = start_lab(notebook_dir, tmp_path / "home", port, token)
+    server = start_lab(notebook_dir, home, port, token)
     try:
         delete_sessions(port, token)
         with sync_playwright() as playwright:
@@ -194,66 +182,146 @@ def test_explorer_sliders_in_jupyterlab(tmp_path, tiny_llama):
             )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?reset&token={token}")
+                page.set_default_timeout(run_timeout_ms)
+                expect.set_options(timeout=run_timeout_ms)  # Run All on a busy machine takes a while
+                page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook}?reset&token={token}")
                 status = page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text="ipykernel")
                 expect(status).to_contain_text(IDLE, timeout=90_000)  # a kernel really exists
-
                 page.locator(".lm-MenuBar-itemLabel").filter(has_text=re.compile(r"^Run$")).click()
                 page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(r"^Run All Cells$")).click()
                 expect(page.locator(".jp-InputPrompt").first).to_contain_text("[1]:", timeout=60_000)
-                view = page.locator(".saelib-explorer-view")
-                expect(view).to_be_visible(timeout=90_000)
-                expect(page.locator(".jp-OutputArea-output").first).to_contain_text(
-                    ".venv"
-                )  # the venv's kernel
-                active = view.locator(".saelib-active")
-                for i, text in enumerate(expected_start):
-                    expect(active.nth(i)).to_have_text(text)
-                page.screenshot(path=str(ARTIFACTS / "explorer-1-start.png"), full_page=True)
-
-                top_k = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="top k"))
-                top_k.locator(".noUi-handle").focus()
-                page.keyboard.press("ArrowLeft")
-                page.keyboard.press("ArrowLeft")
-                for i, text in enumerate(expected_top3):
-                    expect(active.nth(i)).to_have_text(text)
-                page.screenshot(path=str(ARTIFACTS / "explorer-2-top-k-3.png"), full_page=True)
-
-                threshold = page.locator(
-                    ".widget-slider", has=page.locator(".widget-label", has_text="threshold")
-                )
-                readout = threshold.locator(".widget-readout")
-                readout.click()
-                page.keyboard.press("Control+A")
-                page.keyboard.type("1000")  # above the largest activation: clamped to the slider's max
-                page.keyboard.press("Enter")
-                for i in range(len(TEXTS)):
-                    expect(active.nth(i)).to_have_text(f"0 of {D_SAE} latents active (0.00%), 0 listed")
-                page.screenshot(path=str(ARTIFACTS / "explorer-3-threshold-max.png"), full_page=True)
-                threshold.locator(".noUi-handle").focus()
-                for _ in range(100):  # back down to half the maximum
-                    page.keyboard.press("ArrowLeft")
-                expect(active.nth(strongest_text)).not_to_have_text(re.compile(r"^0 of "))
-
-                status_text = page.locator(".saelib-explorer-status")
-                expect(status_text).to_contain_text("redraw")
-                # the redraw time is shown, not asserted: `python -m saelib.bench explorer` measures it
-                assert re.search(r"redraw [\d.]+ ms", status_text.inner_text())
-
-                picker = page.locator(".widget-dropdown select")
-                second = picker.locator("option").nth(1).get_attribute("value")
-                picker.select_option(value=second)
-                chosen = re.match(r"f\d+", picker.locator("option:checked").inner_text()).group(0)
-                expect(view).to_contain_text(f"{chosen} on each text")
-
-                textbox = page.locator(".widget-textarea textarea")
-                textbox.fill("London is a major city.")
-                page.locator(".saelib-explorer-status").click()  # blur: the text box only reports on change
-                expect(active).to_have_count(1)
-                expect(view).to_contain_text("London is a major city.")
-                expect(status_text).to_contain_text("last encode")
-                page.screenshot(path=str(ARTIFACTS / "explorer-4-new-text.png"), full_page=True)
+                yield page
             finally:
                 browser.close()
     finally:
         stop_lab(server, port, token)
+
+
+def assert_controls_on_screen(page) -> None:
+    """The sliders and the picker are inside the window, and the view below them is no taller than its box."""
+    controls = page.locator(".saelib-explorer-controls").bounding_box()
+    view = page.locator(".saelib-explorer-view").bounding_box()
+    window = page.viewport_size
+    assert controls["y"] >= 0 and controls["y"] + controls["height"] <= window["height"], controls
+    assert view["height"] <= int(widgets.VIEW_HEIGHT.removesuffix("px")) + 2, view
+
+
+def summaries(top: analysis.TopFeatures) -> list[str]:
+    return [top.summary(i) for i in range(len(top.texts))]
+
+
+def offered(explorer: widgets.Explorer) -> dict[int, str]:
+    """feature -> its label in the picker."""
+    return {feature: label for label, feature in explorer.feature.options}
+
+
+def test_explorer_in_jupyterlab_used_like_a_person(tmp_path, tiny_llama):
+    from playwright.sync_api import expect
+
+    run_dir = tmp_path / "run"
+    sae = save_tiny_run(tiny_llama, run_dir)
+    notebook_dir = tmp_path / "notebooks"
+    notebook_dir.mkdir()
+    write_notebook(notebook_dir / "explorer.ipynb", run_dir)
+    here = widgets.Explorer(tiny_llama, sae, TEXTS, top_k=TOP_K)  # what the kernel should show
+    acts = here.acts
+    expected_start = summaries(analysis.top_features(acts, 0.0, TOP_K))
+    expected_top3 = summaries(analysis.top_features(acts, 0.0, 3))
+    strongest_text = int(acts.text_max.max(dim=1).values.argmax())  # still active at half the maximum
+    before, after = offered(here), offered(widgets.Explorer(tiny_llama, sae, NEW_TEXTS))
+    picked = next(f for f in list(before)[1:] if f in after)  # not the default, offered after the new texts
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with lab_page(notebook_dir, tmp_path / "home", "explorer.ipynb", 90_000) as page:
+        view = page.locator(".saelib-explorer-view")
+        expect(view).to_be_visible()
+        expect(page.locator(".jp-OutputArea-output").first).to_contain_text(".venv")  # the venv's kernel
+        expect(page.locator(".jp-OutputArea-output", has_text="Static copy")).to_have_count(0)  # widget only
+        page.locator(".saelib-explorer-controls").evaluate("e => e.scrollIntoView({block: 'start'})")
+        active = view.locator(".saelib-active")
+        for i, text in enumerate(expected_start):
+            expect(active.nth(i)).to_have_text(text)
+        assert_controls_on_screen(page)
+        page.screenshot(path=str(ARTIFACTS / "explorer-1-start.png"))
+
+        top_k = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="top k"))
+        top_k.locator(".noUi-handle").focus()
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")
+        for i, text in enumerate(expected_top3):
+            expect(active.nth(i)).to_have_text(text)
+        assert_controls_on_screen(page)
+
+        threshold = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="threshold"))
+        threshold.locator(".widget-readout").click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("1000")  # above the largest activation: clamped to the slider's max
+        page.keyboard.press("Enter")
+        for i in range(len(TEXTS)):
+            expect(active.nth(i)).to_have_text(f"0 of {D_SAE} latents active (0.00%), 0 listed")
+        threshold.locator(".noUi-handle").focus()
+        for _ in range(100):  # back down to half the maximum
+            page.keyboard.press("ArrowLeft")
+        expect(active.nth(strongest_text)).not_to_have_text(re.compile(r"^0 of "))
+        status_text = page.locator(".saelib-explorer-status")
+        # the redraw time is shown, not asserted: `python -m saelib.bench explorer` measures it
+        expect(status_text).to_contain_text(re.compile(r"redraw [\d.]+ ms"))
+
+        picker = page.locator(".widget-dropdown select")
+        picker.select_option(label=before[picked])
+        expect(view).to_contain_text(f"f{picked} on each text")
+        assert_controls_on_screen(page)
+        page.screenshot(path=str(ARTIFACTS / "explorer-2-picked.png"))
+
+        textbox = page.locator(".widget-textarea textarea")
+        textbox.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(NEW_TEXTS[0])
+        page.keyboard.press("Shift+Enter")  # a newline in the box: it neither applies nor reruns the cell
+        page.keyboard.type(NEW_TEXTS[1])
+        hint = page.locator(".saelib-explorer-hint")
+        expect(hint).to_have_text(widgets.EDITED_HINT)
+        expect(active).to_have_count(len(TEXTS))  # not applied yet
+        assert textbox.input_value() == "\n".join(NEW_TEXTS)
+        page.screenshot(path=str(ARTIFACTS / "explorer-3-edited.png"))
+        page.locator(".saelib-explorer-update").click()
+        expect(active).to_have_count(len(NEW_TEXTS))
+        expect(hint).to_have_text("")
+        expect(status_text).to_contain_text("last encode")
+        expect(picker.locator("option:checked")).to_have_text(after[picked])  # the pick survived
+        expect(view).to_contain_text(f"f{picked} on each text")
+        assert_controls_on_screen(page)
+        page.screenshot(path=str(ARTIFACTS / "explorer-4-updated.png"))
+
+
+def test_03_analyze_runs_live_and_its_explorer_answers(tmp_path, tiny_llama):
+    from playwright.sync_api import expect
+
+    run_dir = tmp_path / "run"
+    save_tiny_run(tiny_llama, run_dir)
+    notebook_dir = tmp_path / "notebooks"
+    notebook_dir.mkdir()
+    write_analyze_notebook(notebook_dir / "03_analyze.ipynb", run_dir)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with lab_page(notebook_dir, tmp_path / "home", "03_analyze.ipynb", 300_000) as page:
+        view = page.locator(".saelib-explorer-view")
+        expect(view).to_be_visible()
+        expect(page.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
+        sweep = page.locator(".jp-OutputArea-output", has_text="Steering sweep: f")
+        expect(sweep).to_contain_text("(cooking_recipes)")
+        sweep.screenshot(path=str(ARTIFACTS / "analyze-steering-sweep.png"))
+        steering = page.locator(".jp-OutputArea-output", has_text="+= ")
+        steering.first.screenshot(path=str(ARTIFACTS / "analyze-steering.png"))
+        inspect = page.locator(".jp-Cell", has_text="features_table").locator(".jp-OutputArea")
+        expect(inspect.locator("img")).to_have_count(1)  # the density plot with the chosen features marked
+        inspect.screenshot(path=str(ARTIFACTS / "analyze-density.png"))
+        page.locator(".saelib-explorer-controls").evaluate("e => e.scrollIntoView({block: 'start'})")
+        assert_controls_on_screen(page)
+        page.screenshot(path=str(ARTIFACTS / "analyze-explorer.png"))
+        picker = page.locator(".widget-dropdown select")
+        second = picker.locator("option").nth(1).inner_text()
+        picker.select_option(label=second)
+        expect(view).to_contain_text(f"{second.split(' · ')[0]} on each text")
+        assert_controls_on_screen(page)
+        page.screenshot(path=str(ARTIFACTS / "analyze-explorer-picked.png"))

@@ -18,8 +18,7 @@ from saelib.analysis.checks import check_texts, d_sae_of
 def hook_point(lm, sae) -> tuple[int, str]:
     """The (layer, site) the SAE was trained on, from its saved metadata."""
     meta = getattr(sae, "meta", None) or {}
-    site = meta.get("site", "resid")
-    return lm.resolve(meta.get("layer"), site), site
+    return lm.resolve(meta.get("layer"), meta.get("site", "resid"))
 
 
 def max_over_tokens(latents: Tensor, skip_first: bool = True) -> Tensor:

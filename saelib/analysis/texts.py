@@ -74,7 +74,8 @@ class TopFeatures:
     top_k: int
     d_sae: int
     features: list[list[int]]  # per text, strongest first, only those above threshold
-    values: list[list[float]]
+    values: list[list[float]]  # max activation over the text's tokens
+    scores: list[list[float]]  # what the order is by: `values`, or values x log(1/density)
     n_active: list[int]  # per text: features whose max activation exceeds threshold
     labels: dict[int, str] = field(default_factory=dict)  # feature -> concept name, for display
     ranking: str = "max activation"
@@ -100,7 +101,7 @@ class TopFeatures:
         lines = [f"Top features ({self.settings})"]
         for i, text in enumerate(self.texts):
             lines.append(f"{text!r}: {self.summary(i)}")
-            lines += [f"    {self.name(f)}  {v:.3f}" for f, v in zip(self.features[i], self.values[i])]
+            lines += [f"    {self.name(f)}  {s:.3f}" for f, s in zip(self.features[i], self.scores[i])]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -129,7 +130,7 @@ def top_features(
         floor = density[density > 0].min() if (density > 0).any() else 1.0
         rarity = -torch.log(density.clamp(floor, 1.0))
         scores, ranking = scores * rarity, "max activation x log(1/density)"
-    indices = scores.topk(top_k, dim=1).indices
+    ranked, indices = scores.topk(top_k, dim=1)
     values = acts.text_max.gather(1, indices)
     keep = values > threshold
     return TopFeatures(
@@ -139,6 +140,7 @@ def top_features(
         d_sae=acts.d_sae,
         features=[indices[i][keep[i]].tolist() for i in range(len(acts.texts))],
         values=[values[i][keep[i]].tolist() for i in range(len(acts.texts))],
+        scores=[ranked[i][keep[i]].tolist() for i in range(len(acts.texts))],
         n_active=(acts.text_max > threshold).sum(dim=1).tolist(),
         labels=label_names(labels),
         ranking=ranking,
@@ -146,10 +148,11 @@ def top_features(
 
 
 def search_features(
-    lm, sae, phrase: str, top_k: int = 10, labels: ConceptLabels | dict[int, str] | None = None
+    lm, sae, phrase: str, top_k: int = 10, labels: ConceptLabels | dict[int, str] | None = None, density=None
 ) -> TopFeatures:
-    """The features most active on `phrase` (max over its tokens)."""
-    return top_features(encode_texts(lm, sae, [phrase]), 0.0, top_k, labels)
+    """The features most active on `phrase` (max over its tokens); with `density`, ranked by specificity
+    as in `top_features`."""
+    return top_features(encode_texts(lm, sae, [phrase]), 0.0, top_k, labels, density)
 
 
 def active_fraction(acts: TextActivations, threshold: float = 0.0) -> Tensor:

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
 
     lm = load_lm(args.model)
     print(f"{lm}\nload time (weights cached): {lm.load_seconds:.2f} s")
-    layer = lm.resolve(None)
+    layer, _ = lm.resolve(None)
     texts = [d.text for d in load_corpus("builtin", n_texts=args.n_texts, seed=0)]
     input_ids = lm.tokenizer(texts, truncation=True, max_length=args.max_tokens)["input_ids"]
     n_stored = sum(len(ids) - 1 for ids in input_ids)
