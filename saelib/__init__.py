@@ -30,7 +30,7 @@ _PUBLIC = {
     "sae": ("ARCHS", "SAE", "SAEConfig", "load_sae"),
     "training": ("TrainConfig", "Trainer", "train"),
     "metrics": ("evaluate",),
-    "sweep": ("frontier_sweep",),
+    "sweep": ("frontier_sweep", "arch_frontier", "frontier_table"),
     "analysis": ("encode_texts", "feature_stats", "label_concepts", "top_features"),
     "report": ("write_dashboard",),
     "widgets": ("Explorer",),

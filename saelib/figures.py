@@ -192,6 +192,27 @@ def frontier_plot(metrics: dict | list[dict], reference_points: list[dict] | Non
     return fig
 
 
+def arch_frontier_plot(points: list[dict]) -> Figure:
+    """FVU (lower is better) and CE-loss recovered (higher is better) against L0, one point per arch."""
+    metric_names = [
+        ("fvu", "FVU (fraction of variance unexplained)"),
+        ("ce_loss_recovered", "CE-loss recovered"),
+    ]
+    fig, axes = new_figure((10, 4), ncols=2)
+    for ax, (name, label) in zip(axes, metric_names):
+        for index, point in enumerate(points):
+            if point.get(name) is None:
+                continue
+            ax.scatter(point["l0"], point[name], color=f"C{index}", s=60, label=point["arch"])
+            ax.annotate(point["arch"], (point["l0"], point[name]), xytext=(5, 3), textcoords="offset points")
+        ax.set_xlabel("L0 (active latents per token)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Reconstruction: lower-left is better")
+    axes[1].set_title("Downstream: upper-left is better")
+    return fig
+
+
 LABEL_STEPS = 6  # heights the density plot's feature labels cycle through
 
 

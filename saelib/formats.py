@@ -133,7 +133,9 @@ def _read_saelib(path: Path, cfg: dict) -> SAEFiles:
         "arch": ours.pop("arch"),
         "k": ours.pop("k", 32),
         "input_norm": ours.pop("input_norm", "none"),
+        "prefixes": tuple(ours["prefixes"]) if ours.get("prefixes") else None,
     }
+    ours.pop("prefixes", None)
     return SAEFiles(config, ours, _read_safetensors(path / WEIGHTS_FILE), path / WEIGHTS_FILE, fix)
 
 

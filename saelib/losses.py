@@ -2,9 +2,12 @@
 
 - topk / batchtopk: reconstruction error, plus AuxK on the dead latents (Gao et al., 2024), through the
   sparse ops so that only the selected latents cost anything past the encoder GEMM;
+- matryoshka: the BatchTopK selection, and the mean reconstruction error of each prefix of the
+  dictionary (Bussmann et al., 2025), all prefixes summed from one decode of the selected latents;
 - relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024);
 - jumprelu: reconstruction error + L0, with straight-through threshold gradients (Rajamanoharan et
-  al., 2024).
+  al., 2024), plus a pull of the dead latents' pre-activations up to their thresholds (Anthropic,
+  January 2025) so they fire again.
 
 Each returns a `TrainLoss`; the trainer steps the optimizer and keeps the counters (which latents
 fired, the BatchTopK threshold) from it.
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelib import distributed
-from saelib.sae import SAE
+from saelib.sae import BATCH_ARCHS, SAE
 from saelib.sparse_ops import SparseDecode, SparseEncode, batch_top_indices, row_offsets
 
 
@@ -35,7 +38,7 @@ class TrainLoss:
 def topk_loss(
     sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float, dtype: torch.dtype = torch.float32
 ) -> TrainLoss:
-    """TopK / BatchTopK: one dense GEMM (in `dtype`), everything else on the selected latents only.
+    """TopK / BatchTopK / Matryoshka: one dense GEMM (in `dtype`), the rest on the selected latents only.
 
     The top `k_aux` of the `dead` latents (a [d_sae] mask) of each token learn to predict what the
     live ones missed (Gao et al., 2024, appendix A.2), weighted down while fewer than k_aux are dead.
@@ -47,7 +50,7 @@ def topk_loss(
 
     def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         nonlocal n_main  # BatchTopK under torchrun: this rank's share of the global top varies
-        if sae.cfg.arch == "topk":
+        if sae.cfg.arch not in BATCH_ARCHS:
             top = pre.topk(k, dim=1, sorted=False)
             rows = torch.arange(n_rows, device=x.device).repeat_interleave(k)
             cols, values = top.indices.flatten(), top.values.flatten()
@@ -71,9 +74,14 @@ def topk_loss(
     bias = sae.b_enc - sae.b_dec @ sae.W_enc
     values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select, dtype)
     main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
-    recon = SparseDecode.apply(main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows))
-    recon = recon + sae.b_dec
-    loss = F.mse_loss(recon, x, reduction="sum") / n_rows
+    if sae.cfg.arch == "matryoshka":
+        recon, loss = _prefix_recons(sae, x, main_rows, main_cols, main_values)
+    else:
+        recon = SparseDecode.apply(
+            main_values, sae.W_dec, main_rows, main_cols, row_offsets(main_rows, n_rows)
+        )
+        recon = recon + sae.b_dec
+        loss = F.mse_loss(recon, x, reduction="sum") / n_rows
     if k_aux_now:
         aux_rows, aux_cols = rows[n_main:], cols[n_main:]
         aux_recon = SparseDecode.apply(
@@ -84,7 +92,7 @@ def topk_loss(
     with torch.no_grad():
         active = main_values > 0
         fired = torch.zeros(d_sae, device=x.device).index_add_(0, main_cols, active.float()) > 0
-        active_values = main_values[active] if sae.cfg.arch == "batchtopk" else None
+        active_values = main_values[active] if sae.cfg.arch in BATCH_ARCHS else None
         l0 = active.sum().item() / n_rows
     return TrainLoss(loss, recon.detach(), l0, fired, active_values)
 
@@ -109,25 +117,63 @@ def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
     return torch.cat([above, tied[: max(0, free)]])
 
 
+def _prefix_recons(sae: SAE, x: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Full reconstruction and the mean over prefixes of each prefix's squared error.
+
+    One decode sums each token's selected latents per group (the latents between two prefix ends) into
+    [n_rows, n_groups, d_in]; a cumulative sum over groups gives every prefix's reconstruction, so the
+    nested prefixes cost no more than one TopK decode.
+    """
+    n_rows, ends = len(x), torch.tensor(sae.cfg.prefixes, device=x.device)
+    n_groups = len(ends)
+    bags = rows * n_groups + torch.searchsorted(ends, cols, right=True)
+    order = bags.argsort(stable=True)
+    bags = bags[order]
+    per_group = SparseDecode.apply(
+        values[order], sae.W_dec, bags, cols[order], row_offsets(bags, n_rows * n_groups)
+    )
+    prefix_recons = per_group.view(n_rows, n_groups, -1).cumsum(1) + sae.b_dec
+    loss = (prefix_recons - x[:, None]).pow(2).sum(2).mean()
+    return prefix_recons[:, -1], loss
+
+
 def dense_loss(
-    sae: SAE, x: Tensor, coeff: float, bandwidth: float, dtype: torch.dtype = torch.float32
+    sae: SAE,
+    x: Tensor,
+    coeff: float,
+    threshold: Tensor | None = None,
+    bandwidth: float = 0.05,
+    dead: Tensor | None = None,
+    preact_coeff: float = 0.0,
+    dtype: torch.dtype = torch.float32,
 ) -> TrainLoss:
-    """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `bandwidth` is the width of the
-    straight-through kernel): dense encoder and decoder GEMMs, in `dtype`."""
+    """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `threshold` is the trainer's
+    differentiable copy, `bandwidth` the width of the straight-through kernel; the pre-activations of
+    the `dead` latents are pulled up to the threshold with weight `preact_coeff`): dense GEMMs in `dtype`."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        return _dense_loss(sae, x, coeff, bandwidth)
+        return _dense_loss(sae, x, coeff, threshold, bandwidth, dead, preact_coeff)
 
 
-def _dense_loss(sae: SAE, x: Tensor, coeff: float, bandwidth: float) -> TrainLoss:
+def _dense_loss(
+    sae: SAE,
+    x: Tensor,
+    coeff: float,
+    threshold: Tensor | None,
+    bandwidth: float,
+    dead: Tensor | None,
+    preact_coeff: float,
+) -> TrainLoss:
     pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
     if sae.cfg.arch == "relu":
         latents = F.relu(pre)
         sparsity = (latents @ sae.W_dec.norm(dim=1)).mean()
     else:
-        latents = _JumpReLU.apply(pre, sae.threshold, bandwidth)
-        sparsity = _Step.apply(pre, sae.threshold, bandwidth).sum(1).mean()
+        latents = _JumpReLU.apply(pre, threshold, bandwidth)
+        sparsity = _Step.apply(pre, threshold, bandwidth).sum(1).mean()
     recon = latents @ sae.W_dec + sae.b_dec
     loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
+    if preact_coeff and dead is not None and dead.any():
+        loss = loss + preact_coeff * F.relu(threshold[dead] - pre[:, dead]).sum(1).mean()
     with torch.no_grad():
         active = latents > 0
     return TrainLoss(loss, recon.detach(), active.sum().item() / len(x), active.any(0))

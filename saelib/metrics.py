@@ -6,6 +6,9 @@ squared deviations from the mean, L0, dead and dense latent fractions, per-laten
 Downstream (on held-out texts): next-token cross-entropy of the clean model, with the SAE's
 reconstruction replacing the activation at (layer, site), and with that activation zeroed;
 KL(clean || spliced) and CE-loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean).
+
+Beyond reconstruction (with the LM, `saelib.evals`): k-sparse probing accuracy on the concept probes and
+the first-letter absorption rate.
 Position 0 holds the sink token saelib puts before every text (`lm.sink_token`), which the SAE never
 trained on: it keeps its original activation in both interventions, and its prediction (of the first
 word, the same in all three runs) is left out of every average.
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 from saelib.atomic import write_json
 from saelib.distributed import to_device
 from saelib.errors import BadArgument
+from saelib.evals import ProbeData, probe_data, probing_metrics
 from saelib.lm import LM
 from saelib.sae import SAE
 from saelib.store import ActivationStore
@@ -170,8 +174,12 @@ def evaluate(
     texts: list[str] | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    probing: bool = True,
+    probes: ProbeData | None = None,
 ) -> dict:
-    """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given.
+    """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given, and
+    with `probing` k-sparse probing and absorption (on `probes`, the LM's activations from
+    `saelib.evals.probe_data`, computed here when None).
 
     `texts` defaults to the store's eval documents. Writes run_dir/metrics.json when run_dir is given.
     """
@@ -185,6 +193,11 @@ def evaluate(
         texts = store.documents("eval") if texts is None else texts
         metrics["lm_precision"] = lm.precision
         metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))
+        if probing:
+            try:
+                metrics.update(probing_metrics(sae, probes or probe_data(lm, store.layer, store.site)))
+            except BadArgument as err:  # e.g. a tiny vocabulary: say why the evaluations are missing
+                metrics["probing_skipped"] = str(err)
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(run_dir) / "metrics.json", metrics)

@@ -1,13 +1,17 @@
-"""The sparse autoencoder: one module for four activation rules, saved in SAE Lens's on-disk layout.
+"""The sparse autoencoder: one module for five activation rules, saved in SAE Lens's on-disk layout.
 
     pre     = (x - b_dec) @ W_enc + b_enc                       [.., d_sae]
     latents = relu(pre)                                         relu
             = relu of the k largest pre, zeros elsewhere         topk
-            = relu(pre) where pre > threshold, zeros elsewhere   jumprelu, batchtopk (at inference)
+            = relu(pre) where pre > threshold, zeros elsewhere   jumprelu, batchtopk, matryoshka
     recon   = latents @ W_dec + b_dec                           [.., d_in]
 
 BatchTopK keeps the k * batch largest pre-activations of a whole batch while training and replaces
 that rule by one global threshold afterwards (Bussmann et al., 2024), so it saves as a JumpReLU.
+Matryoshka is a BatchTopK whose nested prefixes of the dictionary (the first `prefixes[i]` latents)
+each learn to reconstruct the input alone (Bussmann et al., 2025; Nabeshima, 2024): general features
+settle in the small prefixes instead of being absorbed by specific ones. It too saves as a JumpReLU,
+with the prefix sizes in the "saelib" block of cfg.json.
 
 Training normalises inputs to mean squared norm d_in; `folded(scale)` moves that scale into the
 weights so a saved SAE reads raw activations, as SAE Lens's `fold_activation_norm_scaling_factor`.
@@ -34,9 +38,17 @@ from saelib.formats import CONFIG_FILE, INPUT_NORMS, WEIGHTS_FILE, read_sae_file
 from saelib.hooks import hook_name
 from saelib.hub import BUNDLED_MODEL_ID, BUNDLED_MODEL_NOTE
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+THRESHOLD_ARCHS = ("batchtopk", "jumprelu", "matryoshka")  # a threshold per latent at inference
+BATCH_ARCHS = ("batchtopk", "matryoshka")  # the k * batch largest of a batch while training
 # SAE Lens architecture and activation function for each of ours (batchtopk is exported as jumprelu)
-SAE_LENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+SAE_LENS_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "matryoshka": "jumprelu",
+}
 
 
 @dataclass
@@ -44,8 +56,10 @@ class SAEConfig:
     d_in: int
     d_sae: int
     arch: str = "topk"
-    k: int = 32  # latents per token (topk) or per token on average over a batch (batchtopk)
+    k: int = 32  # latents per token (topk) or per token on average over a batch (batchtopk, matryoshka)
     input_norm: str = "none"  # SAE Lens's run-time normalize_activations, for SAEs it trained (INPUT_NORMS)
+    # matryoshka: increasing prefix sizes, the last one d_sae (None: d_sae/16, /8, /4, /2, d_sae)
+    prefixes: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -54,10 +68,27 @@ class SAEConfig:
             raise BadArgument(f"Unknown input_norm {self.input_norm!r}; use one of {INPUT_NORMS}")
         if self.d_in < 1 or self.d_sae < 1:
             raise BadArgument(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if self.arch in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+        if self.arch == "matryoshka":
+            self.prefixes = self._check_prefixes()
+        elif self.prefixes is not None:
+            raise BadArgument(f"prefixes are for arch='matryoshka', not {self.arch!r}")
+        if self.arch in ("topk", *BATCH_ARCHS) and not 1 <= self.k <= self.d_sae:
             raise BadArgument(
                 f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise the expansion"
             )
+
+    def _check_prefixes(self) -> tuple[int, ...]:
+        if self.prefixes is None:
+            return tuple(sorted({max(1, self.d_sae // div) for div in (16, 8, 4, 2)} | {self.d_sae}))
+        prefixes = tuple(int(p) for p in self.prefixes)
+        if not prefixes or prefixes[-1] != self.d_sae or any(a >= b for a, b in zip(prefixes, prefixes[1:])):
+            raise BadArgument(
+                f"prefixes must increase and end at d_sae={self.d_sae}, got {list(prefixes)}; "
+                "e.g. [d_sae // 8, d_sae // 2, d_sae]"
+            )
+        if prefixes[0] < 1:
+            raise BadArgument(f"prefixes must be positive, got {list(prefixes)}")
+        return prefixes
 
 
 class SAE(nn.Module):
@@ -74,15 +105,15 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if cfg.arch == "jumprelu":
-            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
-        elif cfg.arch == "batchtopk":
-            # set from the batch statistics while training, not by gradient descent
+        if cfg.arch in THRESHOLD_ARCHS:
+            # set by the trainer: from batch statistics (batchtopk, matryoshka) or from its own
+            # log-parametrised copy (jumprelu)
             self.register_buffer("threshold", torch.zeros(cfg.d_sae))
 
     def __repr__(self) -> str:
         c = self.cfg
-        extra = f", k={c.k}" if c.arch in ("topk", "batchtopk") else ""
+        extra = f", k={c.k}" if c.arch in ("topk", *BATCH_ARCHS) else ""
+        extra += f", prefixes={list(c.prefixes)}" if c.prefixes else ""
         head = f"SAE({c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{extra})"
         return "\n".join([head] + [f"  {key}: {value!r}" for key, value in self.meta.items()])
 
@@ -210,7 +241,14 @@ class SAE(nn.Module):
             "sae_lens_training_version": None,
             "neuronpedia_id": None,
             "model_from_pretrained_kwargs": {},
-            "saelib": {"arch": c.arch, "k": c.k, "input_norm": c.input_norm, **meta, **note},
+            "saelib": {
+                "arch": c.arch,
+                "k": c.k,
+                "input_norm": c.input_norm,
+                "prefixes": c.prefixes and list(c.prefixes),
+                **meta,
+                **note,
+            },
         }
 
 

@@ -1,14 +1,34 @@
-"""A small sweep of TopK SAEs at other k, to place one SAE on the L0-FVU frontier."""
+"""Sweeps that place SAEs on the sparsity-faithfulness frontier: TopK at other k, and every architecture
+at one target L0 and one token budget (the architecture frontier), each trained once into
+run_dir/frontier/ so that reruns only read metrics.json."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from saelib.atomic import write_json
+from saelib.evals import probe_data
 from saelib.metrics import evaluate
 from saelib.training import TrainConfig, train
+
+FRONTIER_ARCHS = ("topk", "batchtopk", "matryoshka", "jumprelu", "relu")
+TABLE_COLUMNS = {
+    "arch": "{}",
+    "l0": "{:.1f}",
+    "fvu": "{:.3f}",
+    "ce_loss_recovered": "{:.3f}",
+    "dead_frac": "{:.1%}",
+    "dense_frac": "{:.1%}",
+    "absorption_rate": "{:.3f}",
+    "sparse_probe_acc_k1": "{:.3f}",
+    "sparse_probe_acc_k5": "{:.3f}",
+    "train_seconds": "{:.0f}",
+}
 
 
 def frontier_sweep(
@@ -27,3 +47,51 @@ def frontier_sweep(
         metrics = evaluate(sae, store, run_dir=out, progress=cfg.progress)
         points.append({"l0": metrics["l0"], "fvu": metrics["fvu"], "label": f"topk k={k}, {epochs} ep"})
     return points
+
+
+def arch_frontier(
+    store,
+    run_dir: str | os.PathLike,
+    lm=None,
+    archs: Sequence[str] = FRONTIER_ARCHS,
+    base: TrainConfig | None = None,
+    n_eval_texts: int = 50,
+) -> list[dict]:
+    """Every arch at the same target L0 (`base.k`, steered for relu and jumprelu) and token budget
+    (`base.epochs` or `base.n_tokens`), trained into run_dir/frontier/<arch>; returns each one's metrics
+    (CE-loss recovered, sparse probing and absorption too when `lm` is given).
+
+    A run whose metrics.json exists is not retrained nor re-evaluated: delete its folder to redo it."""
+    base = base or TrainConfig()
+    points, probes = [], None
+    for arch in archs:
+        out = Path(run_dir) / "frontier" / arch
+        if (out / "metrics.json").exists():
+            points.append(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+            continue
+        start = time.perf_counter()
+        sae = train(store, out, replace(base, arch=arch, target_l0=base.k))
+        seconds = time.perf_counter() - start  # of this call: less if it resumed a checkpoint
+        if lm is not None and probes is None:
+            probes = probe_data(lm, store.layer, store.site)
+        texts = store.documents("eval")[:n_eval_texts] if lm is not None else None
+        metrics = {
+            **evaluate(sae, store, lm, texts, progress=base.progress, probes=probes),
+            "train_seconds": seconds,
+        }
+        write_json(out / "metrics.json", metrics)
+        points.append(metrics)
+    return points
+
+
+def frontier_table(points: Sequence[dict]) -> str:
+    """The frontier's metrics as a fixed-width text table, one row per arch."""
+    header = " ".join(f"{name:>19}" for name in TABLE_COLUMNS)
+    rows = []
+    for point in points:
+        cells = []
+        for name, fmt in TABLE_COLUMNS.items():
+            value = point.get(name)
+            cells.append(f"{'-' if value is None else fmt.format(value):>19}")
+        rows.append(" ".join(cells))
+    return "\n".join([header, *rows])

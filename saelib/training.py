@@ -2,9 +2,16 @@
 reads the store, logs, checkpoints and resumes.
 
 Recipes follow the papers (the losses are in `saelib.losses`): TopK with AuxK and unit-norm decoder
-rows (Gao et al., 2024), BatchTopK with a learned global threshold (Bussmann et al., 2024), ReLU with
-an L1 penalty weighted by decoder row norms and an unconstrained decoder (Anthropic, April 2024),
-JumpReLU with straight-through threshold gradients and an L0 penalty (Rajamanoharan et al., 2024).
+rows (Gao et al., 2024), BatchTopK with a learned global threshold (Bussmann et al., 2024), Matryoshka
+BatchTopK (Bussmann et al., 2025), ReLU with an L1 penalty weighted by decoder row norms, an
+unconstrained decoder and gradient clipping (Anthropic, April 2024), JumpReLU with straight-through
+threshold gradients and an L0 penalty (Rajamanoharan et al., 2024).
+
+JumpReLU's thresholds are trained as log-thresholds with their own, larger learning rate: an Adam step
+then moves a threshold by a fixed fraction of itself, fast enough to follow the pre-activations
+(plain thresholds moved ~lr per step and lagged behind, leaving a third of the latents dead). The
+ReLU and JumpReLU sparsity coefficients are steered towards `target_l0`, so one asks for an L0
+instead of searching for the coefficient that gives it.
 
 Inputs are scaled so their mean squared norm is d_in; the scale is folded back into the saved SAE.
 Batch order depends only on (seed, epoch), and a checkpoint holds every tensor a step reads, so
@@ -33,7 +40,7 @@ from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.losses import TrainLoss, dense_loss, topk_loss
 from saelib.precision import matmul_dtype, resolve_precision
-from saelib.sae import SAE, SAEConfig
+from saelib.sae import BATCH_ARCHS, SAE, SAEConfig
 
 # fields that change only how a run is watched or where it runs, not what it computes: they may differ
 # on resume
@@ -44,7 +51,8 @@ WATCH_FIELDS = ("progress", "log_every", "checkpoint_every", "device")
 class TrainConfig:
     arch: str = "topk"
     expansion: int = 8  # d_sae = expansion * d_in
-    k: int = 32  # topk / batchtopk: latents per token
+    k: int = 32  # topk / batchtopk / matryoshka: latents per token
+    prefixes: list[int] | None = None  # matryoshka: nested prefix sizes (None: d_sae/16, /8, /4, /2, d_sae)
     lr: float = 8e-4
     batch_size: int = 1024
     epochs: int = 10  # passes over the train split; ignored when n_tokens is set
@@ -53,9 +61,16 @@ class TrainConfig:
     warmup_frac: float = 0.05  # linear lr warm-up over this fraction of the steps
     decay_frac: float = 0.2  # linear lr decay to zero over the last fraction of the steps
     b_dec_init: str = "geometric_median"  # or "mean"
-    # relu: L1 of latents weighted by decoder row norms, warmed up linearly
+    # relu: L1 of latents weighted by decoder row norms, warmed up linearly; gradient norm clipped
     l1_coeff: float = 5.0
     l1_warmup_frac: float = 0.05
+    grad_clip: float = 1.0  # relu / jumprelu
+    # relu / jumprelu: after the penalty's warm-up, a PI controller in log space steers its coefficient:
+    # coeff = integral * (L0 / target_l0) ** target_l0_gain, and the integral is multiplied every step by
+    # (L0 / target_l0) ** (target_l0_rate * lr factor); target_l0 None means k; rate 0 keeps it fixed
+    target_l0: float | None = None
+    target_l0_rate: float = 0.05
+    target_l0_gain: float = 2.0
     # topk / batchtopk: AuxK loss on the top k_aux dead latents (default d_in // 2)
     aux_coeff: float = 1 / 32
     k_aux: int | None = None
@@ -63,10 +78,13 @@ class TrainConfig:
     # batchtopk: threshold = debiased moving average of the smallest kept activation
     threshold_lr: float = 0.01
     # jumprelu: L0 penalty with straight-through threshold gradients; thresholds start where each
-    # latent fires on k / d_sae of a sample, so L0 starts near k
+    # latent fires on target_l0 / d_sae of a sample, so L0 starts near the target; log-thresholds learn
+    # at threshold_lr_scale * lr; dead latents' pre-activations are pulled up with preact_coeff
     l0_coeff: float = 0.1
     l0_warmup_frac: float = 0.05
     jumprelu_bandwidth: float = 0.05
+    threshold_lr_scale: float = 10.0
+    preact_coeff: float = 3e-3
     device: str = "auto"  # "auto": CUDA if torch sees one (cuda:LOCAL_RANK under torchrun), else cpu
     checkpoint_every: int = 500
     log_every: int = 20
@@ -110,7 +128,9 @@ def train(
             f"The store at {store.path} has NaN/inf or all-zero activations "
             f"(mean squared norm {store.mean_sq_norm}); collect it again"
         )
-    sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, arch=cfg.arch, k=cfg.k)
+    sae_cfg = SAEConfig(
+        d_in, cfg.expansion * d_in, arch=cfg.arch, k=cfg.k, prefixes=cfg.prefixes and tuple(cfg.prefixes)
+    )
     run_dir = Path(run_dir)
     scale = math.sqrt(d_in / store.mean_sq_norm)
     n_train = store.count_tokens("train")
@@ -132,13 +152,13 @@ def train(
 
     device = distributed.resolve_device(cfg.device)
     sae = SAE(sae_cfg, meta).to(device)
+    _initialise(sae, store, cfg, scale)  # before the Trainer, which copies the jumprelu thresholds
+    distributed.broadcast_module(sae)
     trainer = Trainer(sae, cfg, total_steps)
     ckpt_dir = run_dir / "checkpoints"
     history = _load_checkpoint(ckpt_dir, trainer)
     if history is None:
         history = []
-        _initialise(sae, store, cfg, scale)
-        distributed.broadcast_module(sae)
     for entry in history:  # a resumed (or finished) run shows its curves from the start
         if callback is not None and main:
             callback(entry["step"], entry)
@@ -198,6 +218,8 @@ def _resolve_config(cfg: TrainConfig | None, overrides: dict) -> TrainConfig:
     if unknown:
         raise BadArgument(f"Unknown training option(s) {unknown}; TrainConfig has {sorted(names)}")
     cfg = replace(cfg or TrainConfig(), **overrides)
+    if cfg.prefixes is not None:  # a list, as the checkpoint's JSON will hold it
+        cfg = replace(cfg, prefixes=[int(p) for p in cfg.prefixes])
     if cfg.batch_size < 1 or cfg.epochs < 1 or (cfg.n_tokens is not None and cfg.n_tokens < 1):
         raise BadArgument("batch_size, epochs and n_tokens must be positive")
     if cfg.b_dec_init not in ("geometric_median", "mean"):
@@ -213,12 +235,17 @@ class Trainer:
     counters), so a trainer restored from it continues exactly. Arch and k come from `sae.cfg`.
     """
 
-    COUNTERS = ("tokens_since_fired", "threshold_avg", "threshold_updates")
+    COUNTERS = ("tokens_since_fired", "threshold_avg", "threshold_updates", "sparsity_coeff", "l0_error")
+    UNIT_NORM_ARCHS = ("topk", "jumprelu", *BATCH_ARCHS)
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
+        groups = [{"params": list(sae.parameters()), "lr_scale": 1.0}]
+        if sae.cfg.arch == "jumprelu":  # the SAE's threshold buffer follows this differentiable copy
+            self.log_threshold = torch.nn.Parameter(sae.threshold.clamp_min(1e-3).log())
+            groups.append({"params": [self.log_threshold], "lr_scale": cfg.threshold_lr_scale})
         # fused: one pass over each tensor per step instead of one per arithmetic op
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True)
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
         self.lr = cfg.lr  # of the latest step
         self.steps_done = 0
         device = sae.W_dec.device  # the counters live beside the weights
@@ -227,30 +254,37 @@ class Trainer:
             (), dtype=torch.float64, device=device
         )  # batchtopk, before debiasing
         self.threshold_updates = torch.zeros((), dtype=torch.long, device=device)
+        start_coeff = cfg.l1_coeff if sae.cfg.arch == "relu" else cfg.l0_coeff
+        self.sparsity_coeff = torch.tensor(start_coeff, dtype=torch.float64)  # relu / jumprelu, steered
+        self.l0_error = torch.zeros((), dtype=torch.float64)  # log(L0 / target_l0) of the latest step
         self._sums: dict[str, float] = {}  # of the step stats since the last log_stats()
         self._n_summed = 0
 
     def step(self, x: Tensor) -> dict[str, float]:
         """One Adam step on a normalised batch [batch, d_in]; returns its loss, mse, fvu, l0 and lr."""
         sae, cfg = self.sae, self.cfg
-        self.lr = cfg.lr * _lr_factor(self.steps_done, self.total_steps, cfg)
+        lr_factor = _lr_factor(self.steps_done, self.total_steps, cfg)
+        self.lr = cfg.lr * lr_factor
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group["lr_scale"]
         out = self._loss(x)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        distributed.average_gradients(list(sae.parameters()))
-        unit_norm = sae.cfg.arch in ("topk", "batchtopk")
+        distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
+        unit_norm = sae.cfg.arch in self.UNIT_NORM_ARCHS
         if unit_norm:
             _drop_parallel_grad(sae.W_dec)
+        if sae.cfg.arch in ("relu", "jumprelu"):
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         self.optimizer.step()
         with torch.no_grad():
             if unit_norm:
                 sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
             if sae.cfg.arch == "jumprelu":
-                sae.threshold.clamp_(min=0)  # keeps pre > threshold a subset of pre > 0, as at inference
+                sae.threshold.copy_(self.log_threshold.exp())
             self._count(out, len(x) * distributed.world_size())
             stats = _batch_stats(x, out)
+            self._steer(stats["l0"], lr_factor)  # the whole global batch's L0, the same on every rank
         for key, value in stats.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
         self._n_summed += 1
@@ -258,13 +292,33 @@ class Trainer:
 
     def _loss(self, x: Tensor) -> TrainLoss:
         cfg, d_in, dtype = self.cfg, self.sae.cfg.d_in, matmul_dtype(self.cfg.precision)
-        if self.sae.cfg.arch in ("topk", "batchtopk"):
+        if self.sae.cfg.arch in ("topk", *BATCH_ARCHS):
             return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff, dtype)
+        coeff = self.sparsity_coeff.item() * math.exp(cfg.target_l0_gain * self.l0_error.item())
+        coeff *= _warmup(self.steps_done, self.total_steps, self._warmup_frac())
         if self.sae.cfg.arch == "relu":
-            coeff = cfg.l1_coeff * _warmup(self.steps_done, self.total_steps, cfg.l1_warmup_frac)
-        else:
-            coeff = cfg.l0_coeff * _warmup(self.steps_done, self.total_steps, cfg.l0_warmup_frac)
-        return dense_loss(self.sae, x, coeff, cfg.jumprelu_bandwidth, dtype)
+            return dense_loss(self.sae, x, coeff, dtype=dtype)
+        threshold = self.log_threshold.exp()
+        dead = self.dead_mask()
+        return dense_loss(
+            self.sae, x, coeff, threshold, cfg.jumprelu_bandwidth, dead, cfg.preact_coeff, dtype=dtype
+        )
+
+    def _warmup_frac(self) -> float:
+        return self.cfg.l1_warmup_frac if self.sae.cfg.arch == "relu" else self.cfg.l0_warmup_frac
+
+    def _steer(self, l0: float, lr_factor: float) -> None:
+        """After the penalty's warm-up, raise its coefficient while L0 is above target, lower it below.
+
+        The integral term alone lags the L0 it steers and overshoots (L0 swung between 0.1 and 40 around a
+        target of 6 on planted data); the proportional term reacts at once and damps the swing."""
+        cfg = self.cfg
+        warm = self.steps_done >= round(self._warmup_frac() * self.total_steps)
+        if self.sae.cfg.arch not in ("relu", "jumprelu") or not cfg.target_l0_rate or not warm:
+            return
+        target = cfg.target_l0 or cfg.k
+        self.l0_error.fill_(max(-1.0, min(1.0, math.log(max(l0, 1e-3) / target))))
+        self.sparsity_coeff *= math.exp(cfg.target_l0_rate * lr_factor * self.l0_error.item())
 
     def _count(self, out: TrainLoss, n_tokens: int) -> None:
         """Advance the step and the tokens since each latent fired; move the BatchTopK threshold towards
@@ -274,7 +328,7 @@ class Trainer:
         fired = torch.zeros_like(self.tokens_since_fired)
         fired[out.fired] = 1
         self.tokens_since_fired[distributed.all_reduce(fired, "max").bool()] = 0  # fired on any rank
-        if self.sae.cfg.arch != "batchtopk":
+        if self.sae.cfg.arch not in BATCH_ARCHS:
             return
         values = out.active_values
         smallest = values.min().double() if len(values) else torch.tensor(math.inf, device=values.device)
@@ -305,6 +359,8 @@ class Trainer:
         for index, entry in self.optimizer.state_dict()["state"].items():
             tensors.update({f"adam.{index}.{key}": value for key, value in entry.items()})
         tensors.update({f"state.{name}": getattr(self, name) for name in self.COUNTERS})
+        if self.sae.cfg.arch == "jumprelu":
+            tensors["state.log_threshold"] = self.log_threshold
         tensors["state.steps_done"] = torch.tensor(self.steps_done)
         return {name: t.detach().cpu().clone().contiguous() for name, t in tensors.items()}
 
@@ -312,13 +368,16 @@ class Trainer:
         """Continue from what `state_dict()` returned."""
         self.sae.load_state_dict({name[4:]: t for name, t in tensors.items() if name.startswith("sae.")})
         opt_state = self.optimizer.state_dict()
-        for index in range(len(opt_state["param_groups"][0]["params"])):
+        for index in (i for group in opt_state["param_groups"] for i in group["params"]):
             entry = {key.split(".")[2]: t for key, t in tensors.items() if key.startswith(f"adam.{index}.")}
             if entry:
                 opt_state["state"][index] = entry
         self.optimizer.load_state_dict(opt_state)
         for name in self.COUNTERS:
             getattr(self, name).copy_(tensors[f"state.{name}"])
+        if self.sae.cfg.arch == "jumprelu":
+            with torch.no_grad():
+                self.log_threshold.copy_(tensors["state.log_threshold"])
         self.steps_done = int(tensors["state.steps_done"])
 
 
@@ -359,15 +418,16 @@ def _initialise(sae: SAE, store, cfg: TrainConfig, scale: float) -> None:
     gen = torch.Generator().manual_seed(cfg.seed)
     directions = torch.randn(sae.cfg.d_sae, sae.cfg.d_in, generator=gen)
     directions /= directions.norm(dim=1, keepdim=True)
-    # relu / jumprelu start small so that early latents do not all fire (Anthropic, April 2024)
-    norm = 1.0 if sae.cfg.arch in ("topk", "batchtopk") else 0.1
+    # relu starts small so that early latents do not all fire (Anthropic, April 2024)
+    norm = 1.0 if sae.cfg.arch in Trainer.UNIT_NORM_ARCHS else 0.1
     sae.W_dec.copy_(directions * norm)
     sae.W_enc.copy_(sae.W_dec.t())
     sample = next(store.iter_batches(4096, seed=cfg.seed)).to(sae.W_dec.device) * scale
     sae.b_dec.copy_(geometric_median(sample) if cfg.b_dec_init == "geometric_median" else sample.mean(0))
     if sae.cfg.arch == "jumprelu":
         pre = sae.pre_acts(sample)
-        rank = max(1, math.ceil(len(pre) * (1 - sae.cfg.k / sae.cfg.d_in / cfg.expansion)))
+        target = cfg.target_l0 or cfg.k
+        rank = max(1, math.ceil(len(pre) * (1 - target / sae.cfg.d_sae)))
         sae.threshold.copy_(pre.kthvalue(rank, dim=0).values.clamp_min(0))
 
 

@@ -75,7 +75,7 @@ def trained_run(small_run):
         epochs=2,
         batch_size=256,
         n_eval_texts=6,
-        frontier_ks=[4],
+        frontier_archs=["topk", "jumprelu"],
         frontier_epochs=1,
     )
     return out_dir, nb
@@ -96,11 +96,14 @@ def test_02_train(trained_run):
         "ce_zero",
         "kl_sae",
         "ce_loss_recovered",
+        "absorption_rate",
+        "sparse_probe_acc_k1",
     ):
         assert key in metrics, key
     assert metrics["l0"] <= 8 + 1e-6 and 0 <= metrics["fvu"] < 1
     assert (out_dir / "sae" / "cfg.json").exists() and (out_dir / "sae" / "sae_weights.safetensors").exists()
-    assert (out_dir / "frontier" / "topk-k4" / "metrics.json").exists()
+    frontier = json.loads((out_dir / "frontier" / "jumprelu" / "metrics.json").read_text())
+    assert (out_dir / "frontier" / "topk" / "metrics.json").exists() and "absorption_rate" in frontier
     text = outputs_text(nb)
     assert "def encode" in text and "CE-loss recovered" in text
 

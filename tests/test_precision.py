@@ -80,7 +80,10 @@ def test_evaluate_records_the_lm_precision_and_ce_agrees(tmp_path, text_sae):
     lm = make_tiny_lm("llama")
     lm16 = LM.from_model(make_tiny_lm("llama").model.to(torch.bfloat16), lm.tokenizer, name="tiny-llama")
     store = collect(lm, TEXTS, tmp_path / "acts", layer=1, dtype="float32", progress=False)
-    results = {m.precision: evaluate(text_sae, store, m, texts=TEXTS[:4], progress=False) for m in (lm, lm16)}
+    results = {
+        m.precision: evaluate(text_sae, store, m, texts=TEXTS[:4], progress=False, probing=False)
+        for m in (lm, lm16)
+    }
     assert {r["lm_precision"] for r in results.values()} == {"float32", "bfloat16"}
     for key in ("ce_clean", "ce_sae", "ce_zero"):
         assert results["bfloat16"][key] == pytest.approx(results["float32"][key], rel=0.02)

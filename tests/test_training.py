@@ -16,12 +16,14 @@ from saelib.training import TrainConfig, Trainer, train
 D_IN, N_FEATURES = 24, 48
 
 
-def planted_acts(n_tokens: int = 12_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def planted_acts(
+    n_tokens: int = 12_000, seed: int = 0, density: float | torch.Tensor = 0.06
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens = sparse non-negative mixes of unit feature directions, plus an offset, at a large scale."""
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(N_FEATURES, D_IN, generator=gen)
     features /= features.norm(dim=1, keepdim=True)
-    on = torch.rand(n_tokens, N_FEATURES, generator=gen) < 0.06
+    on = torch.rand(n_tokens, N_FEATURES, generator=gen) < density
     magnitude = torch.rand(n_tokens, N_FEATURES, generator=gen) * 2 + 0.5
     acts = (on * magnitude) @ features + 0.5 * torch.randn(D_IN, generator=gen)
     return acts * 20, features
@@ -44,6 +46,7 @@ ARCH_SETTINGS = {
     "batchtopk": {"k": 4},
     "relu": {"l1_coeff": 1.0},
     "jumprelu": {"l0_coeff": 0.1, "k": 4},
+    "matryoshka": {"k": 4, "prefixes": [9, 36, 72]},
 }
 
 
@@ -259,3 +262,57 @@ def test_divergence_raises_and_names_the_fix(planted, tmp_path):
     settings = dict(arch="relu", lr=1e30, warmup_frac=0, expansion=2, batch_size=512, progress=False)
     with pytest.raises(TrainingDiverged, match=r"Training diverged at step \d+ .*lower lr"):
         train(store, tmp_path, **settings)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "relu"])
+def test_sparsity_penalty_is_steered_to_the_target_l0(arch, tmp_path):
+    """One asks for an L0 (half the ~12 planted features on per token); the coefficient that gives it is
+    found while training, from far too weak."""
+    store = store_from_tensor(planted_acts(8192, density=0.25)[0], tmp_path / "activations")
+    stats = []
+    start = {"jumprelu": {"l0_coeff": 1e-2}, "relu": {"l1_coeff": 0.3}}[arch]
+    train(
+        store,
+        tmp_path / "run",
+        arch=arch,
+        expansion=3,
+        batch_size=256,
+        epochs=25,
+        lr=3e-3,
+        target_l0=6,
+        progress=False,
+        callback=lambda step, s: stats.append(s),
+        **start,
+    )
+    final_l0 = sum(s["l0"] for s in stats[-5:]) / 5
+    assert 4.5 <= final_l0 <= 7.5, final_l0
+    assert stats[-1]["dead_frac"] <= 0.1
+
+
+def prefix_fvus(sae, acts: torch.Tensor) -> list[float]:
+    """FVU of the reconstruction from each prefix of the latents alone."""
+    latents = sae.encode(acts)
+    total_var = (acts - acts.mean(0)).pow(2).sum()
+    fvus = []
+    for end in sae.cfg.prefixes:
+        recon = latents[:, :end] @ sae.W_dec[:end] + sae.b_dec
+        fvus.append(((recon - acts).pow(2).sum() / total_var).item())
+    return fvus
+
+
+def test_matryoshka_prefixes_each_reconstruct(tmp_path):
+    """Features of Zipf-like frequencies: the first 12 latents alone should hold the most frequent ones."""
+    acts, _ = planted_acts(density=0.4 / torch.arange(1, N_FEATURES + 1))
+    store = store_from_tensor(acts, tmp_path / "activations")
+    settings = dict(expansion=3, batch_size=256, epochs=4, k=4, progress=False)
+    sae = train(store, tmp_path / "m", arch="matryoshka", prefixes=[12, 36, 72], **settings)
+    flat = SAE(SAEConfig(D_IN, 72, arch="matryoshka", k=4, prefixes=(12, 36, 72)))
+    flat.load_state_dict(train(store, tmp_path / "b", arch="batchtopk", **settings).state_dict())
+    acts = next(store.iter_batches(2048, shuffle=False))
+    nested, unnested = prefix_fvus(sae, acts), prefix_fvus(flat, acts)
+    assert max(nested) < 0.5
+    # the first 12 and 36 latents alone reconstruct more; all 72 about as well as BatchTopK
+    assert nested[0] < unnested[0] - 0.03 and nested[1] < unnested[1] - 0.03
+    assert nested[2] < 1.1 * unnested[2]
+    loaded = load_sae(tmp_path / "m")
+    assert loaded.cfg.prefixes == (12, 36, 72) and torch.equal(loaded(acts), sae(acts))
