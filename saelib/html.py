@@ -184,7 +184,7 @@ def steering_html(steering) -> str:
     prompt = escape(steering.prompt)
     cell = 'style="font-family:monospace;white-space:pre-wrap;text-align:left;padding:1px 6px"'
     rows = "".join(
-        f"<tr><td style='text-align:left;padding:1px 6px'>{escape(label)}</td>"
+        f"<tr><td style='text-align:left;white-space:nowrap;padding:1px 6px'>{escape(label)}</td>"
         f"<td {cell}>{prompt}<b>{escape(text)}</b></td></tr>"
         for label, text in (("before", steering.before), (steering.intervention, steering.after))
     )
