@@ -83,7 +83,8 @@ class SAE(nn.Module):
     def __repr__(self) -> str:
         c = self.cfg
         extra = f", k={c.k}" if c.arch in ("topk", "batchtopk") else ""
-        return f"SAE({c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{extra}, meta={self.meta})"
+        head = f"SAE({c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{extra})"
+        return "\n".join([head] + [f"  {key}: {value!r}" for key, value in self.meta.items()])
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return (self.normalized(x) - self.b_dec) @ self.W_enc + self.b_enc
