@@ -1,4 +1,4 @@
-"""Benchmarks, apart from the library's data path: `python -m saelib.bench collect|train|explorer`.
+"""Benchmarks, apart from the library's data path: `python -m saelib.bench collect|train|explorer|scale`.
 
 Each command is a module here that uses only saelib's public API; `timing` measures wall time, CPU
 share and peak RSS. Ratios are measured side by side in one process, because the machines are

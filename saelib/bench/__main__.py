@@ -1,11 +1,11 @@
-"""`python -m saelib.bench collect|train|explorer [options]`: run one benchmark."""
+"""`python -m saelib.bench collect|train|explorer|scale [options]`: run one benchmark."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = ("collect", "train", "explorer")
+COMMANDS = ("collect", "train", "explorer", "scale")
 
 
 def main(argv: list[str] | None = None) -> None:
