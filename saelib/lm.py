@@ -75,7 +75,7 @@ def _place(model: nn.Module, device: torch.device, device_map) -> nn.Module:
     return model if device_map is not None else model.to(device)
 
 
-def _load_default(device: torch.device, device_map):
+def _load_default(device: torch.device, device_map, dtype: torch.dtype):
     """Dequantize the bundled GGUF once, cache config + tokenizer + safetensors, reload from there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,13 +97,13 @@ def _load_default(device: torch.device, device_map):
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     model = AutoModelForCausalLM.from_pretrained(
-        target, dtype=torch.float32, trust_remote_code=False, device_map=device_map
+        target, dtype=dtype, trust_remote_code=False, device_map=device_map
     )
     tokenizer = AutoTokenizer.from_pretrained(target)
     return _place(model, device, device_map), tokenizer
 
 
-def _load_hf(name: str, device: torch.device, device_map):
+def _load_hf(name: str, device: torch.device, device_map, dtype: torch.dtype):
     """Load a hub id or local directory; try the local cache first so no network is touched."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,7 +117,7 @@ def _load_hf(name: str, device: torch.device, device_map):
                 name,
                 local_files_only=local_only,
                 trust_remote_code=False,
-                dtype=torch.float32,
+                dtype=dtype,
                 device_map=device_map,
             )
             return _place(model, device, device_map), tokenizer
@@ -381,10 +381,9 @@ def load_lm(
     dtype = DTYPES[resolve_precision(precision, torch_device)]
     start = time.perf_counter()
     if name == "default":
-        model, tokenizer = _load_default(torch_device, device_map)
+        model, tokenizer = _load_default(torch_device, device_map, dtype)
         description = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
     else:
-        model, tokenizer = _load_hf(name, torch_device, device_map)
+        model, tokenizer = _load_hf(name, torch_device, device_map, dtype)
         description = name
-    model = model.to(dtype)
     return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)

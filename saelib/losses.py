@@ -70,9 +70,7 @@ def topk_loss(
             torch.cat([values, aux.values.flatten()]),
         )
 
-    # (x - b_dec) @ W_enc + b_enc, with b_dec's share as a bias so no gradient flows through x
-    bias = sae.b_enc - sae.b_dec @ sae.W_enc
-    values, rows, cols = SparseEncode.apply(x, sae.W_enc, bias, select, dtype)
+    values, rows, cols = SparseEncode.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, select, dtype)
     main_rows, main_cols, main_values = rows[:n_main], cols[:n_main], F.relu(values[:n_main])
     if sae.cfg.arch == "matryoshka":
         recon, loss = _prefix_recons(sae, x, main_rows, main_cols, main_values)

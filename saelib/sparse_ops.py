@@ -40,33 +40,35 @@ def _sum_by_latent(rows: Tensor, cols: Tensor, weights: Tensor, dense: Tensor, d
 
 
 class SparseEncode(torch.autograd.Function):
-    """values = (x @ W_enc + bias)[rows, cols] for the entries `select(pre)` picks.
+    """values = ((x - b_dec) @ W_enc + b_enc)[rows, cols] for the entries `select(pre)` picks.
 
     Forward is the one dense GEMM of a TopK step, in `dtype`: bfloat16 picks the latents and gives their
     values at bf16 precision; the values returned, the weights and the gradients keep W_enc's dtype.
     `select(pre)` returns (rows, cols, values) with values = pre[rows, cols] (topk hands them over
     without a second gather). The gradient of the loss reaches only the selected pre-activations, so
-    backward is two sparse sums instead of two dense GEMMs: dW_enc = x^T @ G and dbias = column sums of
-    G, with G the sparse [batch, d_sae] gradient. `x` is data and gets no gradient.
+    backward is sparse sums instead of dense GEMMs, with G the sparse [batch, d_sae] gradient:
+    dW_enc = (x - b_dec)^T @ G, db_enc = column sums of G, db_dec = -W_enc @ db_enc (a matrix-vector
+    product: no [d_in, d_sae] outer product to add). `x` is data and gets no gradient.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, bias: Tensor, select, dtype: torch.dtype):
-        pre = torch.addmm(bias.to(dtype), x.to(dtype), W_enc.to(dtype))
+    def forward(ctx, x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, select, dtype: torch.dtype):
+        centred = x - b_dec
+        pre = torch.addmm(b_enc.to(dtype), centred.to(dtype), W_enc.to(dtype))
         rows, cols, values = select(pre)
         del pre  # the largest tensor of the step: free it before backward
-        ctx.save_for_backward(x, rows, cols)
-        ctx.d_sae = W_enc.shape[1]
+        ctx.save_for_backward(centred, W_enc, rows, cols)
         ctx.mark_non_differentiable(rows, cols)
         return values.to(W_enc.dtype), rows, cols
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, _grad_rows, _grad_cols):
-        x, rows, cols = ctx.saved_tensors
-        grad_W_enc = _sum_by_latent(rows, cols, grad_values, x, ctx.d_sae).t()
-        grad_bias = torch.zeros(ctx.d_sae, dtype=grad_values.dtype, device=grad_values.device)
-        grad_bias.index_add_(0, cols, grad_values)
-        return None, grad_W_enc, grad_bias, None, None
+        centred, W_enc, rows, cols = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        grad_W_enc = _sum_by_latent(rows, cols, grad_values, centred, d_sae).t()
+        grad_b_enc = torch.zeros(d_sae, dtype=grad_values.dtype, device=grad_values.device)
+        grad_b_enc.index_add_(0, cols, grad_values)
+        return None, -(W_enc @ grad_b_enc), grad_W_enc, grad_b_enc, None, None
 
 
 class SparseDecode(torch.autograd.Function):

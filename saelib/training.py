@@ -409,7 +409,8 @@ def _batch_stats(x: Tensor, out: TrainLoss) -> dict[str, float]:
 @torch.no_grad()
 def _drop_parallel_grad(W_dec) -> None:
     """Remove the gradient component along each unit decoder row: it would only change the norm."""
-    W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
+    along = torch.linalg.vecdot(W_dec.grad, W_dec)
+    W_dec.grad.addcmul_(along.unsqueeze(1), W_dec, value=-1)  # in place: no [d_sae, d_in] temporaries
 
 
 @torch.no_grad()

@@ -15,9 +15,11 @@ def test_sparse_autograd_matches_dense_reference(batch_top):
     n, d_in, d_sae, k = 24, 10, 30, 4
     x = torch.randn(n, d_in, dtype=torch.float64)
     target = torch.randn(n, d_in, dtype=torch.float64)
+    b_dec = torch.randn(d_in, dtype=torch.float64, requires_grad=True)
     W_enc = torch.randn(d_in, d_sae, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(d_sae, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(d_sae, dtype=torch.float64, requires_grad=True)
     W_dec = torch.randn(d_sae, d_in, dtype=torch.float64, requires_grad=True)
+    params = (b_dec, W_enc, b_enc, W_dec)
 
     def select(pre):
         if batch_top:  # uneven counts per row, some rows possibly empty
@@ -26,20 +28,20 @@ def test_sparse_autograd_matches_dense_reference(batch_top):
         top = pre.topk(k, dim=1)
         return torch.arange(n).repeat_interleave(k), top.indices.flatten(), top.values.flatten()
 
-    values, rows, cols = SparseEncode.apply(x, W_enc, bias, select, torch.float64)
+    values, rows, cols = SparseEncode.apply(x, b_dec, W_enc, b_enc, select, torch.float64)
     recon = SparseDecode.apply(F.relu(values), W_dec, rows, cols, row_offsets(rows, n))
     (recon - target).pow(2).sum().backward()
-    sparse_grads = [p.grad.clone() for p in (W_enc, bias, W_dec)]
-    for p in (W_enc, bias, W_dec):
+    sparse_grads = [p.grad.clone() for p in params]
+    for p in params:
         p.grad = None
 
-    pre = x @ W_enc + bias
+    pre = (x - b_dec) @ W_enc + b_enc
     mask = torch.zeros_like(pre)
     mask[rows, cols] = 1
     dense_recon = (F.relu(pre) * mask) @ W_dec
     (dense_recon - target).pow(2).sum().backward()
     assert torch.allclose(recon, dense_recon, atol=1e-10)
-    for sparse, p in zip(sparse_grads, (W_enc, bias, W_dec)):
+    for sparse, p in zip(sparse_grads, params):
         assert torch.allclose(sparse, p.grad, atol=1e-9)
 
 
