@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where notebooks/, data/ and runs/ live in a checkout
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where notebooks/ and runs/ live in a checkout
 
 # module -> the public names it defines. Modules are named apart from the functions they export
 # (collection/collect, training/train): importing a submodule binds its name on the package, which
@@ -43,6 +43,7 @@ _MODULES = (
     "checkpoints",
     "distributed",
     "figures",
+    "formats",
     "html",
     "hub",
     "losses",

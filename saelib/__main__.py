@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def run_collect(args: argparse.Namespace) -> None:
         max_tokens_per_text=args.max_tokens_per_text,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        shard_tokens=args.shard_tokens,
         corpus_spec={"spec": args.corpus, "n_texts": args.n_texts, "seed": args.seed},
         progress=distributed.is_main(),
     )
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--n-texts", type=int, default=None, help="sample this many texts (None: all)")
     collect.add_argument("--max-tokens-per-text", type=int, default=64)
     collect.add_argument("--batch-size", type=int, default=32)
+    collect.add_argument("--shard-tokens", type=int, default=16384, help="tokens per shard file")
     collect.add_argument("--dtype", default="float16", help="float16, bfloat16 or float32 shards")
     collect.add_argument("--seed", type=int, default=0)
 
@@ -197,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not distributed.is_main():
+        os.environ["TQDM_DISABLE"] = "1"  # one progress bar per job, rank 0's (transformers' bars too)
     try:
         if distributed.world_size() > 1 and args.command in ("evaluate", "report"):
             raise BadArgument(

@@ -4,6 +4,12 @@ Collection writes one shard at a time (temp name, then rename) and records it in
 an interrupted run resumes at the next shard and ends with shard files byte-identical to an
 uninterrupted run's. Each shard's manifest entry keeps the seconds spent computing and writing it;
 `ActivationStore.collect_seconds` adds them up, so a resumed store still reports its whole cost.
+
+Under torchrun the shard plan is cut into contiguous blocks, one per rank (disjoint document ranges).
+Each rank writes its shards and records them in its own manifest.rank-R.json; once all are done, rank 0
+merges them into manifest.json. Shards are the same whichever process computes them, so the store is
+byte-identical to a one-process collection (the manifest differs only in the timings), and a run resumes
+at the first missing shard of each block, whatever number of processes wrote the others.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelib import distributed
 from saelib.atomic import save_tensors, write_json, write_jsonl
 from saelib.corpus import Document
 from saelib.errors import BadArgument, BadFile
@@ -27,6 +34,7 @@ from saelib.store import DOCUMENTS_FILE, EVAL_EVERY, FORMAT_VERSION, MANIFEST_FI
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 TENSOR_DOC_ROWS = 64  # store_from_tensor cuts its rows into documents of this many
+RANK_MANIFEST = "manifest.rank-{}.json"  # the shards one torchrun rank has written, until rank 0 merges
 
 
 def _doc_text(doc: str | Document) -> str:
@@ -55,7 +63,7 @@ def _plan_shards(lengths: list[int], shard_tokens: int) -> list[tuple[int, int]]
 def _save_shard(out: Path, index: int, columns: dict[str, Tensor], started: float, placement: dict) -> dict:
     """Write shard `index`; its manifest entry holds the sums the store's statistics are made from and
     the seconds since `started`."""
-    name = f"shard-{index:05d}.safetensors"
+    name = _shard_name(index)
     save_tensors(columns, out / name)
     acts = columns["acts"].double()
     norms = acts.norm(dim=1)
@@ -85,27 +93,36 @@ def _finish(manifest: dict) -> None:
     )
 
 
-def _resume_manifest(out: Path, settings: dict, plan: list[tuple[int, int]]) -> dict:
-    """A fresh manifest, or the one an earlier run with the same settings left, keeping its shards."""
-    manifest = {**settings, "complete": False, "shards": []}
-    path = out / MANIFEST_FILE
-    if not path.exists():
-        return manifest
-    try:
-        previous = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadFile(f"{path} is corrupt ({err}); delete {out} and collect again") from err
-    changed = [key for key in settings if previous.get(key) != settings[key]]
-    if changed:
-        raise BadFile(
-            f"{out} already holds a collection made with different settings ({', '.join(changed)}); "
-            "pick another out_dir or delete this one"
-        )
-    for i, entry in enumerate(previous["shards"]):
-        if (entry["doc_start"], entry["doc_stop"]) != plan[i] or not (out / entry["file"]).exists():
-            raise BadFile(f"{out} is inconsistent (shard {i}); delete it and collect again")
-    manifest["shards"] = previous["shards"]
-    return manifest
+def _finished_shards(out: Path, settings: dict, plan: list[tuple[int, int]]) -> dict[int, dict]:
+    """Shard index -> manifest entry of every shard an earlier run with the same settings finished, read
+    from manifest.json and the per-rank manifests (so any number of processes may have written them)."""
+    index_of = {span: i for i, span in enumerate(plan)}
+    finished = {}
+    for path in [out / MANIFEST_FILE, *sorted(out.glob(RANK_MANIFEST.format("*")))]:
+        if not path.exists():
+            continue
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise BadFile(f"{path} is corrupt ({err}); delete {out} and collect again") from err
+        changed = [key for key in settings if previous.get(key) != settings[key]]
+        if changed:
+            raise BadFile(
+                f"{out} already holds a collection made with different settings ({', '.join(changed)}); "
+                "pick another out_dir or delete this one"
+            )
+        for entry in previous["shards"]:
+            index = index_of.get((entry["doc_start"], entry["doc_stop"]))
+            if index is None or entry["file"] != _shard_name(index) or not (out / entry["file"]).exists():
+                raise BadFile(
+                    f"{out} is inconsistent ({path.name}: {entry['file']}); delete it and collect again"
+                )
+            finished[index] = entry
+    return finished
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
 
 
 def collect(
@@ -166,19 +183,26 @@ def collect(
     skip = 1 if drop_first_token else 0
     kept = [max(len(ids) - skip, 0) for ids in input_ids]
     plan = _plan_shards(kept, shard_tokens)
-    manifest = _resume_manifest(out, settings, plan)
-    if not (out / DOCUMENTS_FILE).exists():
+    finished = _finished_shards(out, settings, plan)
+    if distributed.is_main() and not (out / DOCUMENTS_FILE).exists():
         write_jsonl(out / DOCUMENTS_FILE, records)
 
-    done = len(manifest["shards"])
+    mine = distributed.block(len(plan))  # all of the plan in a single process
+    own_manifest = out / (
+        MANIFEST_FILE if distributed.world_size() == 1 else RANK_MANIFEST.format(distributed.rank())
+    )
+    entries = {i: finished[i] for i in mine if i in finished}
+    block_tokens = [sum(kept[slice(*plan[i])]) for i in mine]
     bar = tqdm(
-        total=sum(kept),
-        initial=sum(kept[: plan[done - 1][1]]) if done else 0,
+        total=sum(block_tokens),
+        initial=sum(n for i, n in zip(mine, block_tokens) if i in entries),
         unit="tok",
         desc=f"collect L{layer} {site}",
-        disable=not progress,
+        disable=not (progress and distributed.is_main()),
     )
-    for shard_index in range(done, len(plan)):
+    for shard_index in mine:
+        if shard_index in entries:
+            continue
         started = time.perf_counter()
         doc_start, doc_stop = plan[shard_index]
         columns, n_massive = _run_shard(
@@ -186,11 +210,19 @@ def collect(
         )
         columns["acts"] = columns["acts"].to(DTYPES[dtype]).contiguous()
         placement = {"doc_start": doc_start, "doc_stop": doc_stop, "n_massive_dropped": n_massive}
-        manifest["shards"].append(_save_shard(out, shard_index, columns, started, placement))
-        write_json(out / MANIFEST_FILE, manifest)
+        entries[shard_index] = _save_shard(out, shard_index, columns, started, placement)
+        shards = [entries[i] for i in sorted(entries)]
+        write_json(own_manifest, {**settings, "complete": False, "shards": shards})
     bar.close()
-    _finish(manifest)
-    write_json(out / MANIFEST_FILE, manifest)
+    distributed.barrier()  # every rank's shards are on disk
+    if distributed.is_main():
+        finished = _finished_shards(out, settings, plan)
+        manifest = {**settings, "complete": False, "shards": [finished[i] for i in range(len(plan))]}
+        _finish(manifest)
+        write_json(out / MANIFEST_FILE, manifest)
+        for path in out.glob(RANK_MANIFEST.format("*")):
+            path.unlink()
+    distributed.barrier()  # manifest.json is complete
     return ActivationStore(out)
 
 

@@ -5,7 +5,7 @@
     "builtin"                            offline mix built from what every Python install carries:
                                          the language reference (pydoc topics), stdlib docstrings,
                                          stdlib source code, plus the concept probe set
-    "concepts", "concepts:train", ...    the hand-written sentences of data/concepts.jsonl
+    "concepts", "concepts:train", ...    the hand-written sentences of saelib/data/concepts.jsonl
     "path/to/file_or_folder"             .txt (blank-line paragraphs), .jsonl ("text"), .csv ("text")
     "hf:<dataset>[:<split>[:<column>]]"  a Hugging Face dataset (needs `datasets` and network)
     [spec, spec, ...]                    concatenated
@@ -24,6 +24,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from saelib.errors import BadArgument, BadFile
@@ -77,9 +78,10 @@ def read_jsonl(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict]
 
 # ---- concept probe set ---------------------------------------------------------------------
 def concepts_path() -> Path:
-    """data/concepts.jsonl next to the package, unless the SAELIB_CONCEPTS env var points elsewhere."""
+    """The concept file shipped inside the package (saelib/data/concepts.jsonl, package data, so it is there
+    after `pip install` too), unless the SAELIB_CONCEPTS env var points elsewhere."""
     override = os.environ.get("SAELIB_CONCEPTS")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "data" / "concepts.jsonl"
+    return Path(override) if override else Path(str(resources.files("saelib") / "data" / "concepts.jsonl"))
 
 
 def load_concepts(split: str | None = None, path: str | os.PathLike | None = None) -> list[Document]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelib import distributed
 from saelib.sae import BATCH_ARCHS, SAE
 from saelib.sparse_ops import SparseDecode, SparseEncode, batch_top_indices, row_offsets
 
@@ -46,12 +47,14 @@ def topk_loss(sae: SAE, x: Tensor, dead: Tensor, k_aux: int, aux_coeff: float) -
     n_main = n_rows * k
 
     def select(pre: Tensor) -> tuple[Tensor, Tensor]:
+        nonlocal n_main  # BatchTopK under torchrun: this rank's share of the global top varies
         if sae.cfg.arch not in BATCH_ARCHS:
             rows = torch.arange(n_rows, device=x.device).repeat_interleave(k)
             cols = pre.topk(k, dim=1, sorted=False).indices.flatten()
-        else:  # the n_rows * k largest of the whole batch, in row order
-            flat = batch_top_indices(pre.flatten(), n_main).sort().values
+        else:  # the n_rows * k largest of the whole batch (all ranks' rows under torchrun), in row order
+            flat = global_batch_top_indices(pre.flatten(), n_main).sort().values
             rows, cols = flat // d_sae, flat % d_sae
+            n_main = len(flat)
         if k_aux_now == 0:
             return rows, cols
         dead_cols = dead.nonzero().squeeze(1)  # topk over the dead columns only: usually few
@@ -103,6 +106,22 @@ def _prefix_recons(sae: SAE, x: Tensor, rows: Tensor, cols: Tensor, values: Tens
     prefix_recons = per_group.view(n_rows, n_groups, -1).cumsum(1) + sae.b_dec
     loss = (prefix_recons - x[:, None]).pow(2).sum(2).mean()
     return prefix_recons[:, -1], loss
+
+
+def global_batch_top_indices(values: Tensor, n_per_rank: int) -> Tensor:
+    """This rank's entries among the n_per_rank * world largest of all ranks' `values` together.
+
+    Any entry of the global top lies in its own rank's top n_global, so each rank shares only its top
+    n_global values; the smallest of the global top is the cut-off. (A tie at the cut-off keeps all
+    tied entries, where one process would keep an arbitrary subset.)
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return batch_top_indices(values, n_per_rank)
+    n_global = n_per_rank * world
+    candidates = values[batch_top_indices(values, min(n_global, len(values)))]
+    cutoff = distributed.all_gather(candidates).topk(n_global, sorted=False).values.min()
+    return (values >= cutoff).nonzero().squeeze(1)
 
 
 def dense_loss(

@@ -69,7 +69,7 @@ def reconstruction_metrics(
             if not eval_rows.any():
                 continue
             acts, latents = acts[eval_rows], latents[eval_rows]
-            recon = sae.decode(latents)
+            recon = sae.decode(latents, acts)
             n += len(acts)
             sum_x += acts.double().sum(0)
             sum_sq_x += acts.double().pow(2).sum()

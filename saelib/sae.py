@@ -23,28 +23,24 @@ import it; the sparse training path is in `saelib.sparse_ops`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from saelib.atomic import save_tensors, write_json
 from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
+from saelib.formats import CONFIG_FILE, INPUT_NORMS, WEIGHTS_FILE, read_sae_files
 from saelib.hooks import hook_name
 from saelib.hub import BUNDLED_MODEL_ID, BUNDLED_MODEL_NOTE
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 THRESHOLD_ARCHS = ("batchtopk", "jumprelu", "matryoshka")  # a threshold per latent at inference
 BATCH_ARCHS = ("batchtopk", "matryoshka")  # the k * batch largest of a batch while training
-WEIGHTS_FILE = "sae_weights.safetensors"
-CONFIG_FILE = "cfg.json"
 # SAE Lens architecture and activation function for each of ours (batchtopk is exported as jumprelu)
 SAE_LENS_ARCH = {
     "relu": "standard",
@@ -63,10 +59,13 @@ class SAEConfig:
     k: int = 32  # latents per token (topk) or per token on average over a batch (batchtopk, matryoshka)
     # matryoshka: increasing prefix sizes, the last one d_sae (None: d_sae/16, /8, /4, /2, d_sae)
     prefixes: tuple[int, ...] | None = None
+    input_norm: str = "none"  # SAE Lens's run-time normalize_activations, for SAEs it trained (INPUT_NORMS)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise BadArgument(f"Unknown arch {self.arch!r}; use one of {ARCHS}")
+        if self.input_norm not in INPUT_NORMS:
+            raise BadArgument(f"Unknown input_norm {self.input_norm!r}; use one of {INPUT_NORMS}")
         if self.d_in < 1 or self.d_sae < 1:
             raise BadArgument(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.arch == "matryoshka":
@@ -99,6 +98,9 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.meta = dict(meta or {})
+        self.path: Path | None = (
+            None  # the folder it was loaded from or saved to (feature_stats caches there)
+        )
         self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
@@ -112,10 +114,30 @@ class SAE(nn.Module):
         c = self.cfg
         extra = f", k={c.k}" if c.arch in ("topk", *BATCH_ARCHS) else ""
         extra += f", prefixes={list(c.prefixes)}" if c.prefixes else ""
-        return f"SAE({c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{extra}, meta={self.meta})"
+        head = f"SAE({c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{extra})"
+        return "\n".join([head] + [f"  {key}: {value!r}" for key, value in self.meta.items()])
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return (self.normalized(x) - self.b_dec) @ self.W_enc + self.b_enc
+
+    def normalized(self, x: Tensor) -> Tensor:
+        """x as the encoder reads it: x itself, or for SAEs trained by SAE Lens with a run-time input norm,
+        x rescaled to norm sqrt(d_in) (constant_norm_rescale) or layer-normed without affine (layer_norm)."""
+        if self.cfg.input_norm == "constant_norm_rescale":
+            return x * (self.cfg.d_in**0.5 / x.norm(dim=-1, keepdim=True))
+        if self.cfg.input_norm == "layer_norm":
+            centered = x - x.mean(dim=-1, keepdim=True)
+            return centered / (centered.std(dim=-1, keepdim=True) + 1e-5)
+        return x
+
+    def denormalized(self, recon: Tensor, x: Tensor) -> Tensor:
+        """A reconstruction of normalized(x) brought back to x's scale, as SAE Lens does it."""
+        if self.cfg.input_norm == "constant_norm_rescale":
+            return recon / (self.cfg.d_in**0.5 / x.norm(dim=-1, keepdim=True))
+        if self.cfg.input_norm == "layer_norm":
+            mean = x.mean(dim=-1, keepdim=True)
+            return recon * (x - mean).std(dim=-1, keepdim=True) + mean
+        return recon
 
     def encode(self, x: Tensor) -> Tensor:
         """Latents [.., d_sae] of activations [.., d_in]."""
@@ -132,14 +154,23 @@ class SAE(nn.Module):
             return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
         return F.relu(pre) * (pre > self.threshold)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Reconstruction [.., d_in] of latents [.., d_sae]."""
+    def decode(self, latents: Tensor, x: Tensor | None = None) -> Tensor:
+        """Reconstruction [.., d_in] of latents [.., d_sae]. An SAE with an input norm needs the input x the
+        latents came from, to bring the reconstruction back to its scale."""
         if latents.shape[-1:] != (self.cfg.d_sae,):
             raise BadArgument(
                 f"This SAE decodes d_sae={self.cfg.d_sae} latents ({self._trained_on()}); got a tensor of "
                 f"shape {tuple(latents.shape)}. Pass latents from this SAE's encode"
             )
-        return latents @ self.W_dec + self.b_dec
+        recon = latents @ self.W_dec + self.b_dec
+        if self.cfg.input_norm == "none":
+            return recon
+        if x is None:
+            raise BadArgument(
+                f"This SAE normalises its input ({self.cfg.input_norm}); pass decode(latents, x) with the "
+                "activations x the latents came from, so the reconstruction gets x's scale back"
+            )
+        return self.denormalized(recon, x)
 
     def _trained_on(self) -> str:
         """'SmolLM2-135M layer 15 resid', from what the metadata records."""
@@ -151,7 +182,7 @@ class SAE(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), x)
 
     @torch.no_grad()
     def folded(self, scale: float) -> SAE:
@@ -173,7 +204,7 @@ class SAE(nn.Module):
             path / WEIGHTS_FILE,
         )
         write_json(path / CONFIG_FILE, self._sae_lens_config(meta))
-        self.meta = meta
+        self.meta, self.path = meta, path
         return path
 
     def _sae_lens_config(self, meta: dict) -> dict:
@@ -193,7 +224,7 @@ class SAE(nn.Module):
             "dtype": "float32",
             "device": "cpu",
             "apply_b_dec_to_input": True,
-            "normalize_activations": "none",  # the input scale is folded into the weights
+            "normalize_activations": c.input_norm,  # "none" but for SAE Lens SAEs: training folds the scale
             "finetuning_scaling_factor": False,
             "activation_fn_str": "topk" if c.arch == "topk" else "relu",
             "activation_fn_kwargs": activation_kwargs,
@@ -210,53 +241,33 @@ class SAE(nn.Module):
             "sae_lens_training_version": None,
             "neuronpedia_id": None,
             "model_from_pretrained_kwargs": {},
-            "saelib": {"arch": c.arch, "k": c.k, "prefixes": c.prefixes and list(c.prefixes), **meta, **note},
+            "saelib": {
+                "arch": c.arch,
+                "k": c.k,
+                "input_norm": c.input_norm,
+                "prefixes": c.prefixes and list(c.prefixes),
+                **meta,
+                **note,
+            },
         }
 
 
-def load_sae(path: str | os.PathLike, device: str | torch.device = "auto") -> SAE:
-    """Load an SAE written by `SAE.save` (or `train`), from its folder or its run folder, onto `device`
-    ("auto": CUDA if torch sees one, else CPU); it works on raw activations."""
-    path = Path(path)
-    if not (path / CONFIG_FILE).exists() and (path / "sae").is_dir():
-        path = path / "sae"
-    if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
-        raise BadFile(
-            f"No SAE at {path} (need {CONFIG_FILE} and {WEIGHTS_FILE}); train one with saelib.train"
-        )
+def load_sae(path_or_id: str | os.PathLike, device: str | torch.device = "auto") -> SAE:
+    """Load an SAE that works on raw activations onto `device` ("auto": CUDA if torch sees one, else CPU),
+    from a folder written by saelib (or its run folder), SAE Lens, sparsify or dictionary_learning, or from
+    the hub as "hf:<owner>/<repo>/<subfolder>"."""
     torch_device = resolve_device(device)
-    sae = SAE(*_read_config(path / CONFIG_FILE))
+    files = read_sae_files(path_or_id)
     try:
-        sae.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-    except (SafetensorError, OSError, RuntimeError) as err:  # truncated file, missing or misshapen tensors
+        cfg = SAEConfig(**files.config)
+    except (TypeError, BadArgument) as err:  # a field missing or out of range
+        raise BadFile(f"{files.source} has an unusable config ({err}); {files.fix}") from err
+    sae = SAE(cfg, files.meta)
+    try:
+        sae.load_state_dict(files.tensors)
+    except RuntimeError as err:  # missing or misshapen tensors
         raise BadFile(
-            f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
-            f"({str(err).splitlines()[0][:200]}); train the SAE again"
+            f"{files.source} does not match its config ({str(err).splitlines()[0][:200]}); {files.fix}"
         ) from err
+    sae.path = files.folder
     return sae.to(torch_device).eval()
-
-
-def _read_config(cfg_path: Path) -> tuple[SAEConfig, dict]:
-    """SAEConfig and metadata of a cfg.json written by `SAE.save`."""
-    try:
-        cfg_dict = json.loads(cfg_path.read_text(encoding="utf-8"))
-        ours = dict(cfg_dict.get("saelib") or {})
-    except (ValueError, AttributeError, TypeError) as err:  # not JSON, or JSON but not an object
-        raise BadFile(f"{cfg_path} is corrupt ({err}); train the SAE again") from err
-    if "arch" not in ours:
-        raise BadFile(
-            f"{cfg_path} was not written by saelib (no 'saelib' block); "
-            "load it with sae_lens.SAE.load_from_disk instead"
-        )
-    try:
-        prefixes = ours.pop("prefixes", None)
-        cfg = SAEConfig(
-            cfg_dict["d_in"],
-            cfg_dict["d_sae"],
-            arch=ours.pop("arch"),
-            k=ours.pop("k"),
-            prefixes=prefixes and tuple(prefixes),
-        )
-    except (KeyError, TypeError, BadArgument) as err:  # a field missing or out of range
-        raise BadFile(f"{cfg_path} is corrupt ({type(err).__name__}: {err}); train the SAE again") from err
-    return cfg, ours

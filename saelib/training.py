@@ -16,6 +16,11 @@ instead of searching for the coefficient that gives it.
 Inputs are scaled so their mean squared norm is d_in; the scale is folded back into the saved SAE.
 Batch order depends only on (seed, epoch), and a checkpoint holds every tensor a step reads, so
 a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+
+Under torchrun (DDP) every rank reads the same global batch and trains on its slice; gradients are
+averaged in one all-reduce, and the statistics that steer a step (which latents fired, the BatchTopK
+cut-off and threshold) are combined across ranks, so every rank takes the very step one process would
+on the whole batch. Rank 0 writes the checkpoints and the SAE.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelib import distributed
 from saelib.checkpoints import read_latest_checkpoint, write_checkpoint
-from saelib.distributed import resolve_device, to_device
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.losses import TrainLoss, dense_loss, topk_loss
 from saelib.sae import BATCH_ARCHS, SAE, SAEConfig
@@ -84,6 +89,11 @@ class TrainConfig:
     log_every: int = 20
     progress: bool = True
 
+    def __repr__(self) -> str:
+        """One field per line, so a notebook shows the recipe readably (and it still evaluates)."""
+        lines = "".join(f"\n    {f.name}={getattr(self, f.name)!r}," for f in fields(self))
+        return f"TrainConfig({lines}\n)"
+
 
 def train(
     store,
@@ -99,6 +109,12 @@ def train(
     dead_frac and lr every `log_every` steps (e.g. a `saelib.figures.LiveCurves`).
     """
     cfg = _resolve_config(cfg, overrides)
+    distributed.init()
+    rank, world = distributed.rank(), distributed.world_size()
+    if cfg.batch_size % world:
+        raise BadArgument(f"batch_size={cfg.batch_size} must be a multiple of the {world} processes")
+    local_rows = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    main = distributed.is_main()
     d_in = store.d_model
     if not math.isfinite(store.mean_sq_norm) or store.mean_sq_norm <= 0:
         raise BadFile(
@@ -127,27 +143,34 @@ def train(
         "train": {**asdict(cfg), "n_train_tokens": n_train, "total_steps": total_steps},
     }
 
-    device = resolve_device(cfg.device)
+    device = distributed.resolve_device(cfg.device)
     sae = SAE(sae_cfg, meta).to(device)
     _initialise(sae, store, cfg, scale)  # before the Trainer, which copies the jumprelu thresholds
+    distributed.broadcast_module(sae)
     trainer = Trainer(sae, cfg, total_steps)
     ckpt_dir = run_dir / "checkpoints"
     history = _load_checkpoint(ckpt_dir, trainer)
     if history is None:
         history = []
     for entry in history:  # a resumed (or finished) run shows its curves from the start
-        if callback is not None:
+        if callback is not None and main:
             callback(entry["step"], entry)
 
     desc = f"train {cfg.arch}"
     bar = tqdm(
-        total=total_steps, initial=trainer.steps_done, unit="step", desc=desc, disable=not cfg.progress
+        total=total_steps,
+        initial=trainer.steps_done,
+        unit="step",
+        desc=desc,
+        disable=not (cfg.progress and main),
     )
     while trainer.steps_done < total_steps:
         epoch, start = divmod(trainer.steps_done, steps_per_epoch)
         batches = store.iter_batches(cfg.batch_size, seed=cfg.seed * 100_003 + epoch, skip_batches=start)
         for _ in range(start, steps_per_epoch):
-            acts = to_device(next(batches), device)
+            acts = distributed.to_device(
+                next(batches)[local_rows], device
+            )  # this rank's slice of the global batch
             if not torch.isfinite(acts).all():
                 raise BadFile(
                     f"A training batch (epoch {epoch}) holds NaN/inf activations; the store at "
@@ -167,16 +190,18 @@ def train(
                 bar.set_postfix(
                     fvu=f"{logged['fvu']:.3f}", l0=f"{logged['l0']:.1f}", dead=f"{logged['dead_frac']:.1%}"
                 )
-                if callback is not None:
+                if callback is not None and main:
                     callback(step, logged)
-            if step % cfg.checkpoint_every == 0 or step == total_steps:
+            if main and (step % cfg.checkpoint_every == 0 or step == total_steps):
                 _save_checkpoint(ckpt_dir, trainer, history)
             if step == total_steps:
                 break
     bar.close()
     final = sae.folded(scale).eval()
     final.meta["train"]["final_dead_frac"] = trainer.dead_frac()
-    final.save(run_dir / "sae")
+    if main:
+        final.save(run_dir / "sae")
+    distributed.barrier()  # on every rank, the SAE is on disk once train() returns
     return final
 
 
@@ -237,6 +262,7 @@ class Trainer:
         out = self._loss(x)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         unit_norm = sae.cfg.arch in self.UNIT_NORM_ARCHS
         if unit_norm:
             _drop_parallel_grad(sae.W_dec)
@@ -249,15 +275,8 @@ class Trainer:
             if sae.cfg.arch == "jumprelu":
                 sae.threshold.copy_(self.log_threshold.exp())
             self._steer(out.l0, lr_factor)
-            self._count(out, len(x))
-            sse = (out.recon - x).pow(2).sum()
-            total_var = (x - x.mean(0)).pow(2).sum()
-        stats = {
-            "loss": out.loss.item(),
-            "mse": sse.item() / x.numel(),
-            "fvu": (sse / total_var).item(),
-            "l0": out.l0,
-        }
+            self._count(out, len(x) * distributed.world_size())
+            stats = _batch_stats(x, out)
         for key, value in stats.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
         self._n_summed += 1
@@ -296,10 +315,17 @@ class Trainer:
         a debiased moving average of the smallest kept activation."""
         self.steps_done += 1
         self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[out.fired] = 0
-        if self.sae.cfg.arch in BATCH_ARCHS and len(out.active_values):
+        fired = torch.zeros_like(self.tokens_since_fired)
+        fired[out.fired] = 1
+        self.tokens_since_fired[distributed.all_reduce(fired, "max").bool()] = 0  # fired on any rank
+        if self.sae.cfg.arch not in BATCH_ARCHS:
+            return
+        values = out.active_values
+        smallest = values.min().double() if len(values) else torch.tensor(math.inf, device=values.device)
+        smallest = distributed.all_reduce(smallest.reshape(1).double(), "min")[0]  # of the whole batch
+        if math.isfinite(smallest.item()):
             lr = self.cfg.threshold_lr
-            self.threshold_avg.mul_(1 - lr).add_(lr * out.active_values.min().double())
+            self.threshold_avg.mul_(1 - lr).add_(lr * smallest)
             self.threshold_updates += 1
             debiased = self.threshold_avg / (1 - (1 - lr) ** self.threshold_updates.item())
             self.sae.threshold.fill_(debiased.item())
@@ -343,6 +369,31 @@ class Trainer:
             with torch.no_grad():
                 self.log_threshold.copy_(tensors["state.log_threshold"])
         self.steps_done = int(tensors["state.steps_done"])
+
+
+def _batch_stats(x: Tensor, out: TrainLoss) -> dict[str, float]:
+    """Loss, mse, fvu and l0 of the whole global batch: this rank's sums added to the others' in one
+    all-reduce (float64, so the variance survives a large mean)."""
+    n_local, d_in = x.shape
+    xd = x.double()
+    sums = torch.cat(
+        [
+            torch.stack(
+                [
+                    out.loss.detach().double() * n_local,
+                    (out.recon.detach().double() - xd).pow(2).sum(),
+                    xd.pow(2).sum(),
+                    torch.tensor(out.l0 * n_local, dtype=torch.float64, device=x.device),
+                ]
+            ),
+            xd.sum(0),
+        ]
+    )
+    distributed.all_reduce(sums)
+    n = n_local * distributed.world_size()
+    loss_sum, sse, sum_sq, active = sums[:4].tolist()
+    total_var = sum_sq - sums[4:].pow(2).sum().item() / n
+    return {"loss": loss_sum / n, "mse": sse / (n * d_in), "fvu": sse / total_var, "l0": active / n}
 
 
 @torch.no_grad()

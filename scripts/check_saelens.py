@@ -33,7 +33,7 @@ with torch.no_grad():
     ours_latents, their_latents = ours.encode(raw), theirs.encode(raw)
     diffs = {
         "encode": (ours_latents - their_latents).abs().max().item(),
-        "decode": (ours.decode(ours_latents) - theirs.decode(ours_latents)).abs().max().item(),
+        "decode": (ours.decode(ours_latents, raw) - theirs.decode(ours_latents)).abs().max().item(),
         "forward": (ours(raw) - theirs(raw)).abs().max().item(),
     }
     same_support = torch.equal(ours_latents > 0, their_latents > 0)

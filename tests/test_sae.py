@@ -76,7 +76,7 @@ def test_load_sae_missing_folder_or_files(tmp_path):
         load_sae(tmp_path / "nowhere")
     random_sae("topk").save(tmp_path)
     (tmp_path / "sae_weights.safetensors").unlink()
-    with pytest.raises(BadFile, match="No SAE at .*need cfg.json and sae_weights.safetensors"):
+    with pytest.raises(BadFile, match="No SAE at .*layouts saelib reads: saelib .*SAE Lens.*sparsify"):
         load_sae(tmp_path)
 
 
@@ -84,7 +84,11 @@ def test_load_sae_corrupt_files_are_named(tmp_path):
     random_sae("topk").save(tmp_path)
     weights = tmp_path / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(BadFile, match="corrupt or does not match"):
+    with pytest.raises(BadFile, match="sae_weights.safetensors is corrupt"):
+        load_sae(tmp_path)
+    random_sae("topk", d_sae=41).save(tmp_path / "other")
+    weights.write_bytes((tmp_path / "other" / "sae_weights.safetensors").read_bytes())
+    with pytest.raises(BadFile, match="does not match its config"):
         load_sae(tmp_path)
 
 
@@ -98,13 +102,20 @@ def test_corrupt_cfg_json_is_reported_as_corrupt(text, tmp_path):
         load_sae(tmp_path)
 
 
-def test_cfg_json_of_another_library_is_named(tmp_path):
-    random_sae("topk").save(tmp_path)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_without_its_saelib_block_the_folder_reads_as_sae_lens_with_the_same_outputs(arch, tmp_path):
+    sae = random_sae(arch)
+    sae.save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     del cfg["saelib"]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(BadFile, match="not written by saelib"):
-        load_sae(tmp_path)
+    loaded = load_sae(tmp_path)
+    assert loaded.meta["format"] == "SAE Lens 5.x" and (loaded.meta["layer"], loaded.meta["site"]) == (
+        2,
+        "resid",
+    )
+    x = torch.randn(16, 12)
+    assert torch.equal(loaded(x), sae(x))
 
 
 def test_hook_name_is_a_string_without_a_layer(tmp_path):

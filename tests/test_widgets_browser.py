@@ -189,7 +189,9 @@ def lab_page(notebook_dir: Path, home: Path, notebook: str, run_timeout_ms: int)
                 expect(status).to_contain_text(IDLE, timeout=90_000)  # a kernel really exists
                 page.locator(".lm-MenuBar-itemLabel").filter(has_text=re.compile(r"^Run$")).click()
                 page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(r"^Run All Cells$")).click()
-                expect(page.locator(".jp-InputPrompt").first).to_contain_text("[1]:", timeout=60_000)
+                expect(page.locator(".jp-CodeCell .jp-InputPrompt").first).to_contain_text(
+                    "[1]:", timeout=60_000
+                )
                 yield page
             finally:
                 browser.close()

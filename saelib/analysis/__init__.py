@@ -5,7 +5,8 @@
     stats.py          per-feature statistics streamed over the store; max-activating contexts
     labels.py         concept labels by AUROC; feature names and descriptions
     texts.py          per-text views: top features, overlap, heatmaps, coloured text, search
-    interventions.py  logit lens, steering, ablation
+    interventions.py  logit lens, steering and its strength sweep, ablation
+    exercises.py      checks that say whether a notebook exercise's answer holds
 
 Everything expensive (running the LM, encoding a store) happens once and is kept in a small
 object (`TextActivations`, `FeatureStats`); the views read those. HTML lives in `saelib.html`,
@@ -21,6 +22,7 @@ from saelib.analysis.checks import (
     d_sae_of,
 )
 from saelib.analysis.encode import encode_latents, hook_point, max_over_tokens, text_maxima
+from saelib.analysis.exercises import Verdict, check_changed, check_concept_feature, check_steering_gain
 from saelib.analysis.interventions import (
     LogitLens,
     Steering,
@@ -77,12 +79,16 @@ __all__ = [
     "SteeringSweep",
     "TextActivations",
     "TopFeatures",
+    "Verdict",
     "ablate",
     "ablation_hook",
     "active_fraction",
     "auroc",
+    "check_changed",
+    "check_concept_feature",
     "check_density",
     "check_feature",
+    "check_steering_gain",
     "check_texts",
     "check_threshold",
     "check_top_k",

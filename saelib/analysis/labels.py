@@ -1,4 +1,4 @@
-"""Names for features: concept labels chosen by AUROC on labelled texts (data/concepts.jsonl), and
+"""Names for features: concept labels chosen by AUROC on labelled texts (saelib/data/concepts.jsonl), and
 short descriptions for the features no concept explains.
 
 A feature labels a concept when its max-over-tokens activation separates the concept's texts
@@ -147,7 +147,7 @@ def label_from_scores(
 def label_concepts(
     lm, sae, train=None, test=None, per_concept: int = 1, min_auroc: float = 0.9, batch_size: int = 32
 ) -> ConceptLabels:
-    """Label features with the concepts of data/concepts.jsonl (or given Documents): AUROC per feature."""
+    """Label features with the concepts of the shipped concept file (or given Documents) by AUROC."""
     train = corpus.load_concepts("train") if train is None else list(train)
     test = corpus.load_concepts("heldout") if test is None else list(test)
     train_scores = text_maxima(lm, sae, [d.text for d in train], batch_size)

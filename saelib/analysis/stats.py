@@ -2,7 +2,8 @@
 contexts where a feature fired most.
 
 Encoding the store is the expensive part, so `feature_stats` keeps everything the views need
-(density, histogram, top rows) in a small `FeatureStats`; `top_contexts` and the figures read it.
+(density, histogram, top rows) in a small `FeatureStats`; `top_contexts` and the figures read it. It is
+saved next to the SAE's folder and reused while the SAE and the store stay the same (`stats_cache`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from saelib import html
+from saelib.analysis import stats_cache
 from saelib.analysis.checks import check_feature, d_sae_of
 from saelib.analysis.encode import encode_latents
 from saelib.errors import BadArgument
@@ -69,12 +71,40 @@ def feature_stats(
     max_tokens: int | None = None,
     batch_tokens: int = 2048,
     progress: bool = True,
+    cache: bool = True,
 ) -> FeatureStats:
-    """Encode the store shard by shard, keeping running top-`n_top` rows per feature (bounded memory)."""
-    from tqdm.auto import tqdm
+    """Encode the store shard by shard, keeping running top-`n_top` rows per feature (bounded memory).
 
+    With `cache`, an SAE loaded from or saved to a folder (`sae.path`) keeps the result there and a later
+    call with the same SAE weights, store and `max_tokens` (and at most that `n_top`) reads it back."""
     if n_top < 1 or batch_tokens < 1:
         raise BadArgument("n_top and batch_tokens must be >= 1")
+    folder = getattr(sae, "path", None) if cache else None
+    if folder is None:
+        return _compute(sae, store, n_top, max_tokens, batch_tokens, progress)
+    key = {
+        "sae_sha256": stats_cache.sae_fingerprint(sae),
+        "store_sha256": stats_cache.store_fingerprint(store),
+        "max_tokens": max_tokens,
+        "hist_edges": HIST_EDGES.tolist(),
+    }
+    found = stats_cache.read(folder, key)
+    if found is not None and found[1]["n_top"] >= n_top:
+        tensors, info = found
+        top = {name: tensors[name][:n_top] for name in ("top_values", "top_rows", "top_token_ids")}
+        return FeatureStats(n_tokens=info["n_tokens"], **{**tensors, **top})
+    stats = _compute(sae, store, n_top, max_tokens, batch_tokens, progress)
+    tensors = {name: value for name, value in vars(stats).items() if name != "n_tokens"}
+    stats_cache.write(folder, key, tensors, {"n_top": n_top, "n_tokens": stats.n_tokens})
+    return stats
+
+
+def _compute(
+    sae, store, n_top: int, max_tokens: int | None, batch_tokens: int, progress: bool
+) -> FeatureStats:
+    """The pass over the store."""
+    from tqdm.auto import tqdm
+
     d_sae, n_bins = d_sae_of(sae), len(HIST_EDGES) - 1
     total = store.n_tokens if max_tokens is None else min(max_tokens, store.n_tokens)
     fired = torch.zeros(d_sae, dtype=torch.int64)
