@@ -30,6 +30,7 @@ _PUBLIC = {
     "sae": ("ARCHS", "SAE", "SAEConfig", "load_sae"),
     "training": ("TrainConfig", "Trainer", "train"),
     "metrics": ("evaluate",),
+    "evals": ("probe_data", "probing_metrics"),
     "sweep": ("frontier_sweep", "arch_frontier", "frontier_table"),
     "analysis": ("encode_texts", "feature_stats", "label_concepts", "top_features"),
     "report": ("write_dashboard",),

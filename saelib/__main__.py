@@ -128,6 +128,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help="default: %(default)s"
             )
+        elif str(field.type).startswith("list[int]"):  # matryoshka's prefixes: --prefixes 288 1152 4608
+            parser.add_argument(
+                flag, type=int, nargs="+", default=default, metavar="INT", help="default: %(default)s"
+            )
         else:
             kind = int if default is None else type(default)  # the None defaults (n_tokens, k_aux) take ints
             parser.add_argument(

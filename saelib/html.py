@@ -252,6 +252,9 @@ METRIC_ROWS = (
     ("ce_zero", "CE loss, zero-ablated", "{:.3f}"),
     ("kl_sae", "KL(clean || SAE)", "{:.4f}"),
     ("ce_loss_recovered", "CE-loss recovered", "{:.3f}"),
+    ("sparse_probe_acc_k1", "1-sparse probing accuracy (concepts, held out)", "{:.3f}"),
+    ("sparse_probe_acc_k5", "5-sparse probing accuracy (concepts, held out)", "{:.3f}"),
+    ("absorption_rate", "first-letter absorption rate", "{:.3f}"),
 )
 
 

@@ -194,10 +194,7 @@ def evaluate(
         metrics["lm_precision"] = lm.precision
         metrics.update(downstream_metrics(sae, lm, texts, store.layer, store.site, progress=progress))
         if probing:
-            try:
-                metrics.update(probing_metrics(sae, probes or probe_data(lm, store.layer, store.site)))
-            except BadArgument as err:  # e.g. a tiny vocabulary: say why the evaluations are missing
-                metrics["probing_skipped"] = str(err)
+            metrics.update(probing_metrics(sae, probes or probe_data(lm, store.layer, store.site)))
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(run_dir) / "metrics.json", metrics)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from saelib.atomic import write_json
-from saelib.evals import probe_data
+from saelib.evals import ProbeData, probe_data
 from saelib.metrics import evaluate
 from saelib.training import TrainConfig, train
 
@@ -56,14 +56,16 @@ def arch_frontier(
     archs: Sequence[str] = FRONTIER_ARCHS,
     base: TrainConfig | None = None,
     n_eval_texts: int = 50,
+    probes: ProbeData | None = None,
 ) -> list[dict]:
     """Every arch at the same target L0 (`base.k`, steered for relu and jumprelu) and token budget
     (`base.epochs` or `base.n_tokens`), trained into run_dir/frontier/<arch>; returns each one's metrics
-    (CE-loss recovered, sparse probing and absorption too when `lm` is given).
+    (CE-loss recovered, sparse probing and absorption too when `lm` is given; pass `probes` from
+    `saelib.evals.probe_data` to reuse the LM's activations).
 
     A run whose metrics.json exists is not retrained nor re-evaluated: delete its folder to redo it."""
     base = base or TrainConfig()
-    points, probes = [], None
+    points = []
     for arch in archs:
         out = Path(run_dir) / "frontier" / arch
         if (out / "metrics.json").exists():

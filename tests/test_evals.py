@@ -76,6 +76,8 @@ def test_probing_metrics_on_a_tiny_lm(tiny_llama):
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 1))
         sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
-    metrics = evals.concept_sparse_probing(sae, concepts)
-    assert set(metrics) == {f"sparse_probe_acc_k{k}" for k in evals.SPARSE_PROBE_KS}
-    assert all(0 <= value <= 1 for value in metrics.values())
+    metrics = evals.probing_metrics(sae, evals.ProbeData(concepts, letters))
+    probe_keys = {f"sparse_probe_acc_k{k}" for k in evals.SPARSE_PROBE_KS}
+    assert set(metrics) == {*probe_keys, "absorption_rate", "first_letter_f1"}
+    # a random LM's probe knows no first letters: no absorption rate, not an error
+    assert all(0 <= value <= 1 for value in metrics.values() if value is not None)
