@@ -1,7 +1,7 @@
 """Evaluations beyond reconstruction, in the style of SAEBench (Karvonen et al., 2025), run offline.
 
 k-sparse probing (Gurnee et al., 2023; Gao et al., 2024): can k latents alone tell a concept's texts
-(data/concepts.jsonl) from the others? For each concept, the k latents whose mean max-over-tokens
+(saelib/data/concepts.jsonl) from the others? For each concept, the k latents whose mean max-over-tokens
 activation differs most between the concept's train texts and the rest are picked, a logistic
 regression is fitted on those k values, and its balanced accuracy is measured on the held-out texts.
 
