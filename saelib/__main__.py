@@ -62,7 +62,8 @@ def run_collect(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from saelib.store import open_store
-    from saelib.training import TrainConfig, train
+    from saelib.trainer import TrainConfig
+    from saelib.training import train
 
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     sae = train(open_store(args.run_dir), args.run_dir, TrainConfig(**options))
@@ -119,7 +120,7 @@ def layer_or_hook(text: str) -> int | str:
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """One --option per TrainConfig field, with the notebook's defaults."""
-    from saelib.training import TrainConfig
+    from saelib.trainer import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
         default = field.default

@@ -14,7 +14,8 @@ from pathlib import Path
 from saelib.atomic import write_json
 from saelib.evals import ProbeData, probe_data
 from saelib.metrics import evaluate
-from saelib.training import TrainConfig, train
+from saelib.trainer import TrainConfig
+from saelib.training import train
 
 FRONTIER_ARCHS = ("topk", "batchtopk", "matryoshka", "jumprelu", "relu")
 TABLE_COLUMNS = {

@@ -69,9 +69,9 @@ def test_no_import_cycles():
 
 
 def test_every_public_name_resolves_and_functions_survive_submodule_imports():
-    """`from saelib.training import TrainConfig` first, then `sl.train(...)`: still the function."""
+    """`from saelib.trainer import TrainConfig` first, then `sl.train(...)`: still the function."""
     code = (
-        "import saelib as sl, saelib.training, saelib.collection\n"
+        "import saelib as sl, saelib.trainer, saelib.training, saelib.collection\n"
         "missing = [n for n in sl.__all__ if not hasattr(sl, n)]\n"
         "print(missing, callable(sl.train), callable(sl.collect))"
     )

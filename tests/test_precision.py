@@ -14,7 +14,8 @@ from saelib.errors import BadArgument
 from saelib.lm import LM, load_lm
 from saelib.metrics import evaluate
 from saelib.sae import SAE, SAEConfig
-from saelib.training import TrainConfig, Trainer, train
+from saelib.trainer import TrainConfig, Trainer
+from saelib.training import train
 
 TEXTS = ["Dogs are man's best friend.", "London is a major city with many parks and old streets."] * 12
 

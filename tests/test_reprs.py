@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import random_sae
 
 from saelib import analysis
-from saelib.training import TrainConfig
+from saelib.trainer import TrainConfig
 
 
 def test_sae_repr_puts_each_metadata_entry_on_its_own_line():

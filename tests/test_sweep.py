@@ -5,7 +5,7 @@ import torch
 from saelib import sweep
 from saelib.collection import store_from_tensor
 from saelib.figures import arch_frontier_plot
-from saelib.training import TrainConfig
+from saelib.trainer import TrainConfig
 
 
 def test_arch_frontier_trains_each_arch_once_and_tabulates(tmp_path, monkeypatch):

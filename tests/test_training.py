@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from saelib.collection import store_from_tensor
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.sae import ARCHS, SAE, SAEConfig, load_sae
-from saelib.training import TrainConfig, Trainer, train
+from saelib.trainer import TrainConfig, Trainer
+from saelib.training import train
 
 D_IN, N_FEATURES = 24, 48
 

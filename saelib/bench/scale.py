@@ -35,7 +35,7 @@ import torch.distributed as dist
 from saelib.bench.timing import MIN_CPU_SHARE
 from saelib.collection import store_from_tensor
 from saelib.sae import SAE, SAEConfig
-from saelib.training import TrainConfig, Trainer
+from saelib.trainer import TrainConfig, Trainer
 
 STEP_LINE = re.compile(r"^(\d+) (\d+\.\d+)$", flags=re.MULTILINE)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from saelib.bench.timing import MIN_CPU_SHARE, peak_rss_mb, reset_peak_rss, timed
 from saelib.precision import DTYPES, cpu_flags, native_bf16
 from saelib.sae import ARCHS, SAE, SAEConfig
-from saelib.training import TrainConfig, Trainer
+from saelib.trainer import TrainConfig, Trainer
 
 SHAPES = "512x2048,576x4608"  # d_in x d_sae
 
