@@ -34,8 +34,11 @@ def test_03_analyzes_a_sae_lens_folder_over_a_tiny_model(tmp_path):
     html = "\n".join(
         str(o.get("data", {}).get("text/html", "")) for c in nb.cells for o in c.get("outputs", [])
     )
-    assert "SAE Lens 6.x" in nb.cells[3].outputs[0]["data"]["text/plain"]  # the loaded SAE's repr
+    load_cell = next(c for c in nb.cells if c.cell_type == "code" and "sl.load_sae(" in c.source)
+    shown = [o["data"]["text/plain"] for o in load_cell.outputs if o.output_type == "execute_result"]
+    assert "SAE Lens 6.x" in shown[0]  # the loaded SAE's repr
     assert "held-out AUROC" in html and "Steering sweep: f" in html and "(cooking_recipes)" in html
     assert "Static copy of the Explorer" in html  # the explorer's fallback, what papermill keeps
-    assert html.count("holds") >= 3  # each exercise's check gave a verdict
+    # each exercise's check gave a verdict (whether it holds depends on the tiny random model)
+    assert html.count("✓ holds") + html.count("✗ does not hold yet") >= 3
     assert not (run_dir / "sae").exists() and (run_dir / "report" / "dashboard.html").exists()
