@@ -22,7 +22,16 @@ from saelib.analysis.checks import (
     d_sae_of,
 )
 from saelib.analysis.encode import encode_latents, hook_point, max_over_tokens, text_maxima
-from saelib.analysis.exercises import Verdict, check_changed, check_concept_feature, check_steering_gain
+from saelib.analysis.exercises import (
+    Verdict,
+    check_changed,
+    check_concept_feature,
+    check_dead_fraction,
+    check_frontier_point,
+    check_largest_norm,
+    check_steering_gain,
+    check_token_count,
+)
 from saelib.analysis.interventions import (
     LogitLens,
     Steering,
@@ -86,11 +95,15 @@ __all__ = [
     "auroc",
     "check_changed",
     "check_concept_feature",
+    "check_dead_fraction",
     "check_density",
     "check_feature",
+    "check_frontier_point",
+    "check_largest_norm",
     "check_steering_gain",
     "check_texts",
     "check_threshold",
+    "check_token_count",
     "check_top_k",
     "color_text",
     "continuation_logprob",

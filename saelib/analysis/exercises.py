@@ -14,6 +14,7 @@ from saelib.analysis.checks import check_feature, check_texts, d_sae_of
 from saelib.analysis.encode import text_maxima
 from saelib.analysis.interventions import Steering, SteeringSweep
 from saelib.analysis.labels import auroc
+from saelib.lm import TokenActivations
 
 
 @dataclass
@@ -64,3 +65,56 @@ def check_changed(steering: Steering) -> Verdict:
     same = "left the continuation word for word the same"
     effect = "changed the continuation" if steering.changed else same
     return Verdict(steering.changed, f"{steering.intervention} on {steering.prompt!r} {effect}")
+
+
+def check_largest_norm(sample: TokenActivations, position: int) -> Verdict:
+    """Holds when, in every text of `sample` (from `lm.activations`), the token at `position` has the
+    largest activation norm: the attention sink of notebook 01."""
+    argmax = [int(acts.norm(dim=-1).argmax()) for acts in sample.acts]
+    hits = sum(found == position for found in argmax)
+    tokens = sorted({tokens[found] for tokens, found in zip(sample.tokens, argmax)})
+    return Verdict(
+        hits == len(argmax),
+        f"the token at position {position} has the largest norm in {hits} of {len(argmax)} texts "
+        f"(the largest are {', '.join(repr(t) for t in tokens)})",
+    )
+
+
+def check_token_count(lm, text: str, count: int) -> Verdict:
+    """Holds when `count` is the number of tokens the model reads for `text`: the tokenizer's tokens
+    plus the sink token saelib puts first (when the tokenizer adds none itself)."""
+    words = len(lm.tokenizer(text)["input_ids"])
+    sink = int(lm.sink_id is not None)
+    return Verdict(
+        count == words + sink,
+        f"{text!r} becomes {words + sink} tokens ({words} from the tokenizer"
+        + (f" + the sink token {lm.sink_token!r}" if sink else "")
+        + f"); you said {count}",
+    )
+
+
+def check_frontier_point(metrics: dict, main_metrics: dict, k: int) -> Verdict:
+    """Holds when the SAE of `metrics` has L0 = `k` and, if the main SAE is less sparse, reconstructs
+    worse than it: fewer latents per token cost faithfulness, as the frontier shows."""
+    at_k = abs(metrics["l0"] - k) < 0.5
+    sparser = metrics["l0"] < main_metrics["l0"] - 0.5
+    worse = metrics["fvu"] > main_metrics["fvu"]
+    return Verdict(
+        at_k and (worse or not sparser),
+        f"L0 {metrics['l0']:.1f} (asked for {k}) and FVU {metrics['fvu']:.3f}, against the main SAE's "
+        f"L0 {main_metrics['l0']:.1f} and FVU {main_metrics['fvu']:.3f}"
+        + ("" if sparser else " (the main SAE is no less sparse, so the FVUs are not compared)"),
+    )
+
+
+def check_dead_fraction(metrics: dict, dead_frac: float, under_2_percent: bool) -> Verdict:
+    """Holds when `dead_frac` is the metrics' dead fraction (a fraction, not a percentage) and
+    `under_2_percent` says rightly whether it is below 0.02."""
+    true_frac = metrics["dead_frac"]
+    read_right = abs(dead_frac - true_frac) < 1e-4
+    judged_right = under_2_percent == (true_frac < 0.02)
+    return Verdict(
+        read_right and judged_right,
+        f"{true_frac:.2%} of latents are dead ({'under' if true_frac < 0.02 else 'not under'} 2%); "
+        f"you read {dead_frac:.4g} and said {'under' if under_2_percent else 'not under'} 2%",
+    )
