@@ -62,7 +62,9 @@ def test_blocks_are_contiguous_disjoint_and_cover_everything(monkeypatch, n_item
 # ---- two processes through torchrun (gloo, one thread each) ---------------------------------------
 
 COLLECT = dict(layer=1, max_tokens_per_text=64, batch_size=32, shard_tokens=200)
-TRAIN = dict(k=4, expansion=2, batch_size=64, device="cpu", progress=False)
+# float32 matmuls: in bfloat16 the pre-activations tie so often at the BatchTopK cut-off that which of
+# the tied entries one process keeps is arbitrary, and the comparison would measure that choice
+TRAIN = dict(k=4, expansion=2, batch_size=64, device="cpu", precision="float32", progress=False)
 ARCHS = ("topk", "batchtopk", "relu", "jumprelu")
 DDP_SCRIPT = """
 import json, sys, torch
