@@ -56,7 +56,8 @@ def write_notebook(path: Path, run_dir: Path) -> None:
     cells = [
         "import sys\nfrom saelib.lm import load_lm\nfrom saelib.sae import load_sae\n"
         "from saelib.widgets import Explorer\nprint(sys.executable)",
-        f"lm = load_lm({str(run_dir / 'model')!r})\nsae = load_sae({str(run_dir)!r})",
+        # float32 like the fixture the expected texts are computed with (auto may pick bfloat16)
+        f"lm = load_lm({str(run_dir / 'model')!r}, precision='float32')\nsae = load_sae({str(run_dir)!r})",
         f"explorer = Explorer(lm, sae, {TEXTS!r}, threshold=0.0, top_k={TOP_K})\nexplorer",
     ]
     notebook = {
