@@ -96,8 +96,11 @@ def letter_activations(
 
 
 def fit_logistic(x: Tensor, y: Tensor, n_classes: int, weight_decay: float = 1e-3) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression on standardised x (L-BFGS); returns (weights [d, n_classes], bias)
-    in the units of the raw x."""
+    """Multinomial logistic regression on standardised x (L-BFGS), classes weighted by inverse frequency so
+    a rare class (one concept against all others) is not simply never predicted; returns (weights
+    [d, n_classes], bias) in the units of the raw x."""
+    counts = torch.bincount(y, minlength=n_classes).float()
+    class_weight = counts.sum() / (n_classes * counts.clamp_min(1))
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
     weight = torch.zeros(x.shape[1], n_classes, requires_grad=True)
@@ -106,7 +109,7 @@ def fit_logistic(x: Tensor, y: Tensor, n_classes: int, weight_decay: float = 1e-
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(z @ weight + bias, y) + weight_decay * weight.pow(2).sum()
+        loss = F.cross_entropy(z @ weight + bias, y, weight=class_weight) + weight_decay * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -133,8 +136,9 @@ def sparse_probing(
     for concept in concepts:
         y_train = torch.tensor([c == concept for c in train_concepts]).long()
         y_test = torch.tensor([c == concept for c in test_concepts])
+        # the class-mean gap in units of each latent's spread: a raw gap favours the loudest latents
         gap = train_scores[y_train == 1].mean(0) - train_scores[y_train == 0].mean(0)
-        ranked = gap.abs().argsort(descending=True)
+        ranked = (gap.abs() / train_scores.std(0).clamp_min(1e-6)).argsort(descending=True)
         for k in ks:
             latents = ranked[:k]
             weight, bias = fit_logistic(train_scores[:, latents], y_train, 2)

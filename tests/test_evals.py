@@ -81,3 +81,23 @@ def test_probing_metrics_on_a_tiny_lm(tiny_llama):
     assert set(metrics) == {*probe_keys, "absorption_rate", "first_letter_f1"}
     # a random LM's probe knows no first letters: no absorption rate, not an error
     assert all(0 <= value <= 1 for value in metrics.values() if value is not None)
+
+
+def test_sparse_probing_picks_a_quiet_informative_latent_over_a_loud_noisy_one():
+    """A rare concept (1 text in 10, as one concept against the others in the concept file): latent 0 is
+    loud noise (spread 100), latent 1 a quiet signal (0.1 higher on the concept, spread 0.02). Ranking by
+    the raw mean gap picked the loud latent, and an unweighted fit never predicted the rare class: both
+    gave chance-level accuracy on the real model."""
+    gen = torch.Generator().manual_seed(0)
+
+    def texts(n: int) -> tuple[torch.Tensor, list[str]]:
+        concepts = ["rare" if i % 10 == 0 else "rest" for i in range(n)]
+        is_rare = torch.tensor([c == "rare" for c in concepts]).float()
+        loud = 100 * torch.randn(n, generator=gen)
+        quiet = 0.1 * is_rare + 0.02 * torch.randn(n, generator=gen)
+        return torch.stack([loud, quiet], dim=1), concepts
+
+    train_scores, train_concepts = texts(300)
+    test_scores, test_concepts = texts(100)
+    result = evals.sparse_probing(train_scores, train_concepts, test_scores, test_concepts, ks=[1])
+    assert result["sparse_probe_acc_k1"] > 0.95
