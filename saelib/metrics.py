@@ -167,17 +167,14 @@ def shared_downstream_metrics(
         if not valid.any():
             continue
         targets = ids[:, 2:][valid]
-
-        def log_probs() -> Tensor:
-            return lm.logits(ids, mask)[:, 1:-1][valid].log_softmax(-1)
-
-        clean = log_probs()
+        clean = _word_log_probs(lm, ids, mask, valid)
         shared["ce_clean"] += F.nll_loss(clean, targets, reduction="sum").item()
         with lm.hooked(layer, site, zero):
-            shared["ce_zero"] += F.nll_loss(log_probs(), targets, reduction="sum").item()
+            zeroed = _word_log_probs(lm, ids, mask, valid)
+        shared["ce_zero"] += F.nll_loss(zeroed, targets, reduction="sum").item()
         for sae, sums in zip(saes, per_sae):
             with lm.hooked(layer, site, splice(sae)):
-                spliced = log_probs()
+                spliced = _word_log_probs(lm, ids, mask, valid)
             sums["ce_sae"] += F.nll_loss(spliced, targets, reduction="sum").item()
             sums["kl_sae"] += F.kl_div(spliced, clean, log_target=True, reduction="sum").item()
         n_predictions += len(targets)
@@ -192,6 +189,11 @@ def shared_downstream_metrics(
         out["n_predictions"] = n_predictions
         results.append(out)
     return results
+
+
+def _word_log_probs(lm: LM, ids: Tensor, mask: Tensor, valid: Tensor) -> Tensor:
+    """Log-probabilities of the next token at the valid word positions 1..T-2."""
+    return lm.logits(ids, mask)[:, 1:-1][valid].log_softmax(-1)
 
 
 def evaluate(
