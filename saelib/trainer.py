@@ -224,6 +224,10 @@ class Trainer:
             if entry:
                 opt_state["state"][index] = entry
         self.optimizer.load_state_dict(opt_state)
+        for param, state in self.optimizer.state.items():  # fused Adam needs the parameter's memory layout
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state and state[key].stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(state[key])
         for name in self.COUNTERS:
             getattr(self, name).copy_(tensors[f"state.{name}"])
         if self.sae.cfg.arch == "jumprelu":
