@@ -6,7 +6,8 @@
   dictionary (Bussmann et al., 2025), all prefixes summed from one decode of the selected latents;
 - relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024);
 - jumprelu: reconstruction error + L0, with straight-through threshold gradients (Rajamanoharan et
-  al., 2024), plus a pull of the dead latents' pre-activations up to their thresholds (Anthropic,
+  al., 2024), in one fused autograd node (`JumpReLULoss`);
+- both: a pull of the dead latents' pre-activations up to their thresholds (0 for relu; Anthropic,
   January 2025) so they fire again.
 
 Each returns a `TrainLoss`; the trainer steps the optimizer and keeps the counters (which latents
