@@ -196,7 +196,7 @@ class JumpReLULoss(torch.autograd.Function):
         pre = torch.addmm(b_enc.to(dtype), centred, W_enc.to(dtype))
         # the big elementwise passes stay in `dtype`: mixing in a float32 threshold would copy pre
         silent = pre <= threshold.to(dtype)
-        counts = n - silent.sum(0)
+        counts = n - silent.view(torch.uint8).sum(0, dtype=torch.int32)  # half the time of a bool sum
         recon = torch.mm(pre.masked_fill(silent, 0), W_dec.to(dtype)).to(x.dtype) + b_dec
         del silent
         diff = recon - x

@@ -48,9 +48,9 @@ class TrainConfig:
     # The target falls log-linearly from the first step's L0 to target_l0 over the first l0_anneal_frac
     # of the steps: relu starts near L0 = d_sae / 2, and steering it down at once killed half its latents
     target_l0: float | None = None
-    target_l0_rate: float = 0.05
+    target_l0_rate: float = 0.15
     target_l0_gain: float = 2.0
-    l0_anneal_frac: float = 0.3
+    l0_anneal_frac: float = 0.15
     # relu / jumprelu: latents silent for preact_tokens training tokens have their pre-activations pulled
     # up to the threshold (0 for relu) with weight preact_coeff (Anthropic, January 2025), so they fire again
     preact_coeff: float = 3e-3
