@@ -36,7 +36,9 @@ class TrainConfig:
     warmup_frac: float = 0.05  # linear lr warm-up over this fraction of the steps
     decay_frac: float = 0.2  # linear lr decay to zero over the last fraction of the steps
     b_dec_init: str = "geometric_median"  # or "mean"
-    # relu: L1 of latents weighted by decoder row norms, warmed up linearly; gradient norm clipped
+    # relu: L1 of latents weighted by decoder row norms, warmed up linearly; gradient norm clipped.
+    # l1_coeff (like l0_coeff) is where the steered coefficient starts and its floor, so keep it at or
+    # below what target_l0 needs: on the demo store (expansion 8, L0 32) relu settled at ~6
     l1_coeff: float = 5.0
     l1_warmup_frac: float = 0.05
     grad_clip: float = 1.0  # relu / jumprelu
@@ -45,7 +47,7 @@ class TrainConfig:
     # (L0 / target) ** (target_l0_rate * lr factor), never below its start (l1_coeff / l0_coeff: early L0
     # sits below target while the encoder learns, and an integral wound down there lagged ~150 steps once
     # L0 rose past it); target_l0 None means k; rate 0 keeps it fixed.
-    # The target falls log-linearly from the first step's L0 to target_l0 over the first l0_anneal_frac
+    # The target falls log-linearly from the L0 after the warm-up to target_l0 by l0_anneal_frac
     # of the steps: relu starts near L0 = d_sae / 2, and steering it down at once killed half its latents
     target_l0: float | None = None
     target_l0_rate: float = 0.15
@@ -63,7 +65,8 @@ class TrainConfig:
     threshold_lr: float = 0.01
     # jumprelu: L0 penalty with straight-through threshold gradients; thresholds start where each
     # latent fires on target_l0 / d_sae of a sample, so L0 starts near the target; log-thresholds learn
-    # at threshold_lr_scale * lr
+    # at threshold_lr_scale * lr. l0_coeff 0.1 holds L0 ~32 on the demo store (expansion 8); 0.3 pinned it
+    # at 24, so lower it for a larger target_l0
     l0_coeff: float = 0.1
     l0_warmup_frac: float = 0.05
     jumprelu_bandwidth: float = 0.05
