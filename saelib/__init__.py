@@ -30,7 +30,7 @@ _PUBLIC = {
     "sae": ("ARCHS", "SAE", "SAEConfig", "load_sae"),
     "trainer": ("TrainConfig", "Trainer"),
     "training": ("train",),
-    "metrics": ("evaluate",),
+    "metrics": ("evaluate", "evaluate_many"),
     "evals": ("probe_data", "probing_metrics"),
     "sweep": ("frontier_sweep", "arch_frontier", "frontier_table"),
     "analysis": ("encode_texts", "feature_stats", "label_concepts", "top_features"),

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from saelib.atomic import write_json
-from saelib.evals import ProbeData, probe_data
-from saelib.metrics import evaluate
+from saelib.evals import ProbeData
+from saelib.metrics import evaluate, evaluate_many
 from saelib.trainer import TrainConfig
 from saelib.training import train
 
@@ -64,27 +64,28 @@ def arch_frontier(
     (CE-loss recovered, sparse probing and absorption too when `lm` is given; pass `probes` from
     `saelib.evals.probe_data` to reuse the LM's activations).
 
-    A run whose metrics.json exists is not retrained nor re-evaluated: delete its folder to redo it."""
+    Every SAE is trained first, then the new ones are evaluated together, sharing the LM's clean and
+    zero-ablated passes. A run whose metrics.json exists is neither retrained nor re-evaluated: delete
+    its folder to redo it."""
     base = base or TrainConfig()
-    points = []
+    points: dict[str, dict] = {}
+    trained: dict[str, tuple] = {}  # arch -> (SAE, out dir, seconds) still to evaluate
     for arch in archs:
         out = Path(run_dir) / "frontier" / arch
         if (out / "metrics.json").exists():
-            points.append(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+            points[arch] = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
             continue
         start = time.perf_counter()
         sae = train(store, out, replace(base, arch=arch, target_l0=base.k))
-        seconds = time.perf_counter() - start  # of this call: less if it resumed a checkpoint
-        if lm is not None and probes is None:
-            probes = probe_data(lm, store.layer, store.site)
+        trained[arch] = (sae, out, time.perf_counter() - start)  # less if it resumed a checkpoint
+    if trained:
         texts = store.documents("eval")[:n_eval_texts] if lm is not None else None
-        metrics = {
-            **evaluate(sae, store, lm, texts, progress=base.progress, probes=probes),
-            "train_seconds": seconds,
-        }
-        write_json(out / "metrics.json", metrics)
-        points.append(metrics)
-    return points
+        saes = [sae for sae, _, _ in trained.values()]
+        evaluated = evaluate_many(saes, store, lm, texts, progress=base.progress, probes=probes)
+        for (arch, (_, out, seconds)), metrics in zip(trained.items(), evaluated):
+            points[arch] = {**metrics, "train_seconds": seconds}
+            write_json(out / "metrics.json", points[arch])
+    return [points[arch] for arch in archs]
 
 
 def frontier_table(points: Sequence[dict]) -> str:

@@ -8,7 +8,7 @@ from conftest import identity_sae
 
 from saelib.collection import collect, store_from_tensor
 from saelib.errors import BadArgument
-from saelib.metrics import evaluate, log10_density
+from saelib.metrics import downstream_metrics, evaluate, log10_density, shared_downstream_metrics
 from saelib.sae import SAE, SAEConfig
 
 
@@ -58,6 +58,21 @@ def test_downstream_ce_recovered_on_tiny_lm(tiny_llama, tmp_path):
     zeroed = evaluate(broken, store, lm=tiny_llama, texts=texts[:8], progress=False)
     assert zeroed["ce_sae"] == pytest.approx(zeroed["ce_zero"], abs=1e-4)
     assert zeroed["kl_sae"] > 0
+
+
+def test_shared_downstream_pass_matches_one_sae_at_a_time(tiny_llama):
+    """The frontier evaluates its SAEs in one pass over the texts: each result equals its own pass."""
+    texts = [f"Text {i}: the river bends past the old mill and the town." for i in range(12)]
+    gen = torch.Generator().manual_seed(0)
+    saes = [identity_sae(tiny_llama.d_model, signed=True), SAE(SAEConfig(tiny_llama.d_model, 8, arch="relu"))]
+    with torch.no_grad():
+        saes[1].W_enc.copy_(torch.randn(tiny_llama.d_model, 8, generator=gen))
+        saes[1].W_dec.copy_(torch.randn(8, tiny_llama.d_model, generator=gen))
+    shared = shared_downstream_metrics(saes, tiny_llama, texts, layer=1, site="resid", progress=False)
+    for sae, together in zip(saes, shared):
+        alone = downstream_metrics(sae, tiny_llama, texts, layer=1, site="resid", progress=False)
+        assert together == pytest.approx(alone, rel=1e-6, abs=1e-9)
+    assert shared[0]["kl_sae"] == pytest.approx(0, abs=1e-4) and shared[1]["kl_sae"] > 1e-3
 
 
 def test_log10_density_counts_the_latents_that_never_fired():
