@@ -22,6 +22,9 @@ First-letter absorption (Chanin et al., 2024, "A is for Absorption", as implemen
    >= 40%. Both are averaged over each letter's words, then over letters whose probe F1 is >= 0.6.
    Unlike SAEBench, the projections are of x - b_dec (what the latents reconstruct) and a latent's share
    is its activation times its decoder row's projection (SAEBench: times the cosine; equal for unit rows).
+Read the scores with `first_letter_f1` beside `first_letter_probe_f1`: absorption is measured against
+main latents, so an SAE without first-letter latents (main F1 far below the probe's) scores ~0 because
+there is nothing to absorb, not because its features are clean. SAEBench recommends LMs of >= 2B params.
 
 The LM-side activations (`concept_activations`, `letter_activations`) do not depend on the SAE: compute
 them once and evaluate many SAEs on them (the architecture frontier does).
@@ -118,7 +121,7 @@ def concept_activations(
 
 
 def letter_activations(
-    lm, layer: int, site: str, max_tokens: int = 3000, batch_size: int = 256
+    lm, layer: int, site: str, max_tokens: int = 5000, batch_size: int = 256
 ) -> LetterActivations:
     """Activations of the vocabulary's whole-word tokens (" cat": a space, then 2+ ASCII letters), each
     read after SAEBench's in-context prompt (`LETTER_PROMPT`), an evenly spaced subset of at most
