@@ -49,6 +49,7 @@ _MODULES = (
     "html",
     "hub",
     "losses",
+    "malloc",
     "sparse_ops",
     "stdlib_texts",
 )

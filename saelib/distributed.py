@@ -136,8 +136,8 @@ def average_gradients(params: list[nn.Parameter]) -> None:
     dist.all_reduce(flat)
     flat /= world_size()
     offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+    for p, g in zip(params, grads):  # each gradient in its parameter's memory layout, as fused Adam needs
+        p.grad = torch.empty_like(p).copy_(flat[offset : offset + g.numel()].view(p.shape))
         offset += g.numel()
 
 
@@ -145,4 +145,6 @@ def broadcast_module(module: nn.Module) -> None:
     """Every rank takes rank 0's parameters and buffers, so all start from the very same weights."""
     if dist.is_initialized():
         for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+            sent = tensor.data.contiguous()  # W_enc is stored transposed; collectives need contiguous
+            dist.broadcast(sent, src=0)
+            tensor.data.copy_(sent)

@@ -31,6 +31,7 @@ from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 from saelib.hooks import SITES, parse_hook
 from saelib.hub import hub_offline
+from saelib.malloc import keep_freed_memory
 from saelib.precision import DTYPES, resolve_precision
 
 if TYPE_CHECKING:
@@ -419,6 +420,7 @@ def load_lm(
     saelib.precision), else float32; activations come out as float32 either way.
     """
     torch_device = resolve_device(device)
+    keep_freed_memory()  # every forward's activations reuse the last one's memory
     dtype = DTYPES[resolve_precision(precision, torch_device)]
     start = time.perf_counter()
     if name == "default":

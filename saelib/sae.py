@@ -101,7 +101,9 @@ class SAE(nn.Module):
         self.path: Path | None = (
             None  # the folder it was loaded from or saved to (feature_stats caches there)
         )
-        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
+        # [d_in, d_sae], stored latent-major (as nn.Linear's weight): the sparse TopK backward writes its
+        # gradient in that layout, so no step pays for a transposed copy
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in).t())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))

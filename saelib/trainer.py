@@ -17,6 +17,7 @@ from torch import Tensor
 
 from saelib import distributed
 from saelib.losses import TrainLoss, dense_loss, topk_loss
+from saelib.malloc import keep_freed_memory
 from saelib.precision import matmul_dtype, resolve_precision
 from saelib.sae import BATCH_ARCHS, SAE
 
@@ -89,6 +90,7 @@ class Trainer:
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
+        keep_freed_memory()  # every step's temporaries reuse the last step's memory
         groups = [{"params": list(sae.parameters()), "lr_scale": 1.0}]
         if sae.cfg.arch == "jumprelu":  # the SAE's threshold buffer follows this differentiable copy
             self.log_threshold = torch.nn.Parameter(sae.threshold.clamp_min(1e-3).log())
@@ -222,6 +224,10 @@ class Trainer:
             if entry:
                 opt_state["state"][index] = entry
         self.optimizer.load_state_dict(opt_state)
+        for param, state in self.optimizer.state.items():  # fused Adam needs the parameter's memory layout
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state and state[key].stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(state[key])
         for name in self.COUNTERS:
             getattr(self, name).copy_(tensors[f"state.{name}"])
         if self.sae.cfg.arch == "jumprelu":
@@ -232,20 +238,20 @@ class Trainer:
 
 def _batch_stats(x: Tensor, out: TrainLoss) -> dict[str, float]:
     """Loss, mse, fvu and l0 of the whole global batch: this rank's sums added to the others' in one
-    all-reduce (float64, so the variance survives a large mean)."""
+    all-reduce (summed in float64, so the variance survives a large mean; no float64 copies)."""
     n_local, d_in = x.shape
-    xd = x.double()
+    f64 = torch.float64
     sums = torch.cat(
         [
             torch.stack(
                 [
-                    out.loss.detach().double() * n_local,
-                    (out.recon.detach().double() - xd).pow(2).sum(),
-                    xd.pow(2).sum(),
-                    torch.tensor(out.l0 * n_local, dtype=torch.float64, device=x.device),
+                    out.loss.detach().to(f64) * n_local,
+                    (out.recon.detach() - x).pow(2).sum(dtype=f64),
+                    x.pow(2).sum(dtype=f64),
+                    torch.tensor(out.l0 * n_local, dtype=f64, device=x.device),
                 ]
             ),
-            xd.sum(0),
+            x.sum(0, dtype=f64),
         ]
     )
     distributed.all_reduce(sums)

@@ -120,3 +120,12 @@ def test_training_in_bf16_matches_float32_quality(tmp_path, arch):
         assert sae.meta["train"]["precision"] == name
         fvu[name] = evaluate(sae, store, progress=False)["fvu"]
     assert fvu["bfloat16"] == pytest.approx(fvu["float32"], rel=0.1, abs=0.01)
+
+
+def test_freed_memory_stays_with_the_process_on_glibc():
+    """Training and LM loading tune glibc's malloc once; elsewhere it reports that nothing changed."""
+    import platform
+
+    from saelib.malloc import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
