@@ -70,7 +70,7 @@ class ConceptActivations:
 @dataclass
 class LetterActivations:
     """LM activations of single-token words, their first letter, and a linear probe for it fit on the
-    train half: weight [d_in, n_letters] and bias in the units of the raw activations."""
+    train split: weight [d_in, n_letters] and bias in the units of the raw activations."""
 
     acts: Tensor  # [n_tokens, d_in]
     letters: Tensor  # [n_tokens] long, index in LETTERS
@@ -214,15 +214,16 @@ def concept_sparse_probing(
 
 @torch.no_grad()
 def absorption_by_letter(sae: SAE, data: LetterActivations) -> list[dict]:
-    """Per letter with held-out words: the probe's held-out F1, the main latents and their k-sparse
-    probe's held-out F1, the probe's true positives among the held-out words, and SAEBench's
+    """Per letter with held-out words: their number, the probe's F1 on them, the main latents and their
+    k-sparse probe's held-out F1, the probe's true positives among the held-out words, and SAEBench's
     full-absorption rate and mean absorption fraction on them (None without true positives)."""
-    latents = sae.encode(data.acts.to(sae.W_dec.device)).float().cpu()
+    acts = data.acts.to(sae.W_dec.device)
+    latents = sae.encode(acts).float().cpu()
     W_dec, b_dec = sae.W_dec.detach().float().cpu(), sae.b_dec.detach().float().cpu()
     directions = F.normalize(data.probe_weight, dim=0)  # [d_in, n_letters]
     push = W_dec @ directions  # [d_sae, n_letters]: what a unit of each latent adds along each probe
     cos = push / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    x_along = (data.acts - b_dec) @ directions  # [n_tokens, n_letters]
+    x_along = (sae.normalized(acts).float().cpu() - b_dec) @ directions  # [n_tokens, n_letters]
     train, test = data.is_train, ~data.is_train
     train_latents, test_latents = latents[train], latents[test]
     candidates = _ranked_latents(train_latents, data.letters[train], len(LETTERS))
@@ -237,10 +238,9 @@ def absorption_by_letter(sae: SAE, data: LetterActivations) -> list[dict]:
             train_latents[:, ranked], is_letter[train], test_latents[:, ranked], is_letter[test]
         )
         main, right = ranked[:k], test & is_letter & probe_right
-        row = {"letter": letter, "probe_f1": probe_f1[i].item(), "main_latents": main.tolist()}
-        row.update(
-            main_f1=main_f1, n_probe_right=int(right.sum()), full_absorption=None, absorption_fraction=None
-        )
+        row = {"letter": letter, "n_words": int((is_letter & test).sum()), "probe_f1": probe_f1[i].item()}
+        row.update(main_latents=main.tolist(), main_f1=main_f1, n_probe_right=int(right.sum()))
+        row.update(full_absorption=None, absorption_fraction=None)
         if right.any():
             shares = latents[right] * push[:, i]  # [n, d_sae] each latent's part of the projection
             full, fraction = _absorbed(
@@ -302,9 +302,11 @@ def absorption(sae: SAE, data: LetterActivations, min_tokens: int = 10) -> dict[
     """SAEBench's first-letter absorption scores, mean over letters whose probe F1 is >= MIN_PROBE_F1 with
     >= `min_tokens` held-out true positives (None without any: a random LM's probe knows no letters):
     absorption_rate (full absorption), absorption_fraction, first_letter_f1 (the main latents'
-    k-sparse probe), and first_letter_probe_f1 (the residual probe: the premise)."""
+    k-sparse probe); and first_letter_probe_f1, the residual probe's F1 (the premise), mean over the
+    letters with >= `min_tokens` held-out words."""
     rows = absorption_by_letter(sae, data)
     kept = [r for r in rows if r["probe_f1"] >= MIN_PROBE_F1 and r["n_probe_right"] >= max(1, min_tokens)]
+    common = [r for r in rows if r["n_words"] >= max(1, min_tokens)]
 
     def mean(key: str, of: list[dict]) -> float | None:
         return sum(r[key] for r in of) / len(of) if of else None
@@ -313,7 +315,7 @@ def absorption(sae: SAE, data: LetterActivations, min_tokens: int = 10) -> dict[
         "absorption_rate": mean("full_absorption", kept),
         "absorption_fraction": mean("absorption_fraction", kept),
         "first_letter_f1": mean("main_f1", kept),
-        "first_letter_probe_f1": mean("probe_f1", rows),
+        "first_letter_probe_f1": mean("probe_f1", common),
     }
 
 
