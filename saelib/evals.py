@@ -266,9 +266,10 @@ def _ranked_latents(latents: Tensor, letters: Tensor, n_letters: int) -> Tensor:
 def _split_size(
     train: Tensor, train_positive: Tensor, test: Tensor, test_positive: Tensor
 ) -> tuple[int, float]:
-    """SAEBench's k-sparse probing on a letter's ranked latents [n, MAX_MAIN_LATENTS]: k grows from 1 while
-    the held-out F1 of a logistic probe on the first k rises by > F1_JUMP; returns k and that F1."""
-    k, best = 0, 0.0
+    """SAEBench's k-sparse probing on a letter's ranked latents [n, MAX_MAIN_LATENTS]: k starts at 1 and
+    grows while the held-out F1 of a logistic probe on the first k rises by > F1_JUMP; returns k and
+    that F1. As in SAEBench the top latent is always a main latent, however poor."""
+    k, best = 0, -1.0
     while k < train.shape[1]:
         weight, bias = fit_logistic(train[:, : k + 1], train_positive.long(), 2)
         f1 = _f1((test[:, : k + 1] @ weight + bias).argmax(1) == 1, test_positive).item()
