@@ -120,7 +120,9 @@ class SAE(nn.Module):
         return "\n".join([head] + [f"  {key}: {value!r}" for key, value in self.meta.items()])
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (self.normalized(x) - self.b_dec) @ self.W_enc + self.b_enc
+        centred = (self.normalized(x) - self.b_dec).reshape(-1, self.cfg.d_in)
+        pre = torch.addmm(self.b_enc, centred, self.W_enc)  # the bias added inside the GEMM
+        return pre.reshape(*x.shape[:-1], self.cfg.d_sae)
 
     def normalized(self, x: Tensor) -> Tensor:
         """x as the encoder reads it: x itself, or for SAEs trained by SAE Lens with a run-time input norm,
@@ -152,7 +154,7 @@ class SAE(nn.Module):
         if self.cfg.arch == "relu":
             return F.relu(pre)
         if self.cfg.arch == "topk":
-            top = pre.topk(self.cfg.k, dim=-1)
+            top = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
         return F.relu(pre) * (pre > self.threshold)
 
