@@ -121,7 +121,7 @@ def concept_activations(
 
 
 def letter_activations(
-    lm, layer: int, site: str, max_tokens: int = 5000, batch_size: int = 256
+    lm, layer: int, site: str, max_tokens: int = 10000, batch_size: int = 256
 ) -> LetterActivations:
     """Activations of the vocabulary's whole-word tokens (" cat": a space, then 2+ ASCII letters), each
     read after SAEBench's in-context prompt (`LETTER_PROMPT`), an evenly spaced subset of at most
