@@ -6,7 +6,8 @@
   dictionary (Bussmann et al., 2025), all prefixes summed from one decode of the selected latents;
 - relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024);
 - jumprelu: reconstruction error + L0, with straight-through threshold gradients (Rajamanoharan et
-  al., 2024), plus a pull of the dead latents' pre-activations up to their thresholds (Anthropic,
+  al., 2024), in one fused autograd node (`JumpReLULoss`);
+- both: a pull of the dead latents' pre-activations up to their thresholds (0 for relu; Anthropic,
   January 2025) so they fire again.
 
 Each returns a `TrainLoss`; the trainer steps the optimizer and keeps the counters (which latents
@@ -146,72 +147,109 @@ def dense_loss(
     dtype: torch.dtype = torch.float32,
 ) -> TrainLoss:
     """ReLU (coeff weighs the L1 term) / JumpReLU (coeff weighs L0; `threshold` is the trainer's
-    differentiable copy, `bandwidth` the width of the straight-through kernel; the pre-activations of
-    the `dead` latents are pulled up to the threshold with weight `preact_coeff`): dense GEMMs in `dtype`."""
+    differentiable copy, `bandwidth` the width of the straight-through kernel): dense GEMMs in `dtype`.
+    The pre-activations of the `dead` latents are pulled up to the threshold (0 for relu) with weight
+    `preact_coeff`."""
+    if sae.cfg.arch == "jumprelu":
+        dead_cols = dead.nonzero().squeeze(1) if preact_coeff and dead is not None else None
+        settings = (coeff, bandwidth, preact_coeff, dead_cols, dtype)
+        loss, recon, counts = JumpReLULoss.apply(
+            x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, threshold, *settings
+        )
+        return TrainLoss(loss, recon, counts.sum().item() / len(x), counts > 0)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        return _dense_loss(sae, x, coeff, threshold, bandwidth, dead, preact_coeff)
-
-
-def _dense_loss(
-    sae: SAE,
-    x: Tensor,
-    coeff: float,
-    threshold: Tensor | None,
-    bandwidth: float,
-    dead: Tensor | None,
-    preact_coeff: float,
-) -> TrainLoss:
-    pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
-    if sae.cfg.arch == "relu":
+        pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
         latents = F.relu(pre)
         sparsity = (latents @ sae.W_dec.norm(dim=1)).mean()
-    else:
-        latents = _JumpReLU.apply(pre, threshold, bandwidth)
-        sparsity = _Step.apply(pre, threshold, bandwidth).sum(1).mean()
-    recon = latents @ sae.W_dec + sae.b_dec
-    loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
-    if preact_coeff and dead is not None and dead.any():
-        loss = loss + preact_coeff * F.relu(threshold[dead] - pre[:, dead]).sum(1).mean()
+        recon = latents @ sae.W_dec + sae.b_dec
+        loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
+        if preact_coeff and dead is not None and dead.any():
+            loss = loss + preact_coeff * (-pre[:, dead]).clamp_min(0).sum(1).mean()
     with torch.no_grad():
         active = latents > 0
     return TrainLoss(loss, recon.detach(), active.sum().item() / len(x), active.any(0))
 
 
-def _rectangle(u: Tensor) -> Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+class JumpReLULoss(torch.autograd.Function):
+    """The whole JumpReLU training loss in one autograd node, with its backward written out.
 
+        pre     = (x - b_dec) @ W_enc + b_enc                 one GEMM in `dtype`
+        latents = pre * H(pre - threshold)
+        loss    = |latents @ W_dec + b_dec - x|^2 + coeff * sum H(pre - threshold)
+                  + preact_coeff * sum over dead latents of relu(threshold - pre)     (means over tokens)
 
-class _JumpReLU(torch.autograd.Function):
-    """pre * H(pre - threshold); the threshold's gradient uses a rectangle kernel of width `bandwidth`."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        pre, threshold = ctx.saved_tensors
-        grad_pre = grad_out * (pre > threshold)
-        kernel = _rectangle((pre - threshold) / ctx.bandwidth) / ctx.bandwidth
-        grad_threshold = -(threshold * kernel * grad_out).sum(0)
-        return grad_pre, grad_threshold, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - threshold), counting active latents. Its pseudo-gradient reaches both the threshold
-    and the pre-activations near it, so the encoder too learns to stay below threshold (as in
-    Anthropic's January 2025 JumpReLU recipe); the threshold alone moves too slowly under Adam."""
+    H's straight-through pseudo-gradient is the rectangle kernel K(u) = 1{|u| < 1/2} of width
+    `bandwidth` (Rajamanoharan et al., 2024): d latents / d threshold = -threshold * K / bandwidth, and
+    d H / d threshold = -K / bandwidth. The L0 term's pseudo-gradient also reaches the pre-activations
+    near the threshold (+K / bandwidth), so the encoder too learns to stay below it (Anthropic, January
+    2025); the threshold alone moves too slowly under Adam. Only `pre` ([batch, d_sae], in `dtype`) is
+    kept for backward; the latents are recomputed from it. Returns the loss, the reconstruction and how
+    many tokens each latent fired on (both without gradient).
+    """
 
     @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
+    def forward(
+        ctx, x, W_enc, b_enc, W_dec, b_dec, threshold, coeff, bandwidth, preact_coeff, dead_cols, dtype
+    ):
+        n = len(x)
+        centred = (x - b_dec).to(dtype)
+        pre = torch.addmm(b_enc.to(dtype), centred, W_enc.to(dtype))
+        # the big elementwise passes stay in `dtype`: mixing in a float32 threshold would copy pre
+        silent = pre <= threshold.to(dtype)
+        counts = n - silent.sum(0)
+        recon = torch.mm(pre.masked_fill(silent, 0), W_dec.to(dtype)).to(x.dtype) + b_dec
+        del silent
+        diff = recon - x
+        loss = diff.pow(2).sum() + coeff * counts.sum()
+        if dead_cols is not None and len(dead_cols):
+            loss = loss + preact_coeff * (threshold[dead_cols] - pre[:, dead_cols]).clamp_min(0).sum()
+        ctx.save_for_backward(centred, W_enc, W_dec, pre, threshold, diff, dead_cols)
+        ctx.settings = coeff, bandwidth, preact_coeff
+        ctx.mark_non_differentiable(recon, counts)
+        return loss / n, recon, counts
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        pre, threshold = ctx.saved_tensors
-        grad_pre = _rectangle((pre - threshold) / ctx.bandwidth) / ctx.bandwidth * grad_out
-        return grad_pre, -grad_pre.sum(0), None
+    def backward(ctx, grad_loss, _grad_recon, _grad_counts):
+        centred, W_enc, W_dec, pre, threshold, diff, dead_cols = ctx.saved_tensors
+        coeff, bandwidth, preact_coeff = ctx.settings
+        n, d_sae = pre.shape
+        scale = float(grad_loss) / n  # d loss / d (the sums over tokens)
+        dtype = pre.dtype
+        grad_recon = diff * (2 * scale)
+        grad_recon_d = grad_recon.to(dtype)
+        threshold_d = threshold.to(dtype)
+        silent = pre <= threshold_d
+        grad = pre.masked_fill(silent, 0)  # the latents, until their product with grad_recon is taken
+        grad_W_dec = torch.mm(grad.t(), grad_recon_d).to(W_dec.dtype)
+        torch.mm(grad_recon_d, W_dec.to(dtype).t(), out=grad)  # d loss / d latents
+        # the kernel's window holds few (token, latent) pairs: gather them once instead of masking all
+        near = ((pre - threshold_d).abs_() < bandwidth / 2).view(-1).nonzero().squeeze(1)
+        near_cols = near % d_sae
+        kernel_sum = torch.zeros_like(threshold).index_add_(
+            0, near_cols, grad.view(-1)[near].to(threshold.dtype)
+        )
+        l0_pull = coeff * scale / bandwidth
+        grad_threshold = -(threshold / bandwidth) * kernel_sum
+        grad_threshold -= l0_pull * torch.bincount(near_cols, minlength=d_sae)
+        grad.masked_fill_(silent, 0)
+        grad.view(-1).index_add_(0, near, torch.full_like(near, l0_pull, dtype=dtype))
+        if dead_cols is not None and len(dead_cols):
+            below = (pre[:, dead_cols] < threshold[dead_cols]).to(dtype) * (preact_coeff * scale)
+            grad[:, dead_cols] -= below
+            grad_threshold[dead_cols] += below.sum(0, dtype=threshold.dtype)
+        grad_W_enc = torch.mm(centred.t(), grad).to(W_enc.dtype)
+        grad_b_enc = grad.sum(0).to(threshold.dtype)
+        grad_b_dec = grad_recon.sum(0) - W_enc @ grad_b_enc
+        return (
+            None,
+            grad_W_enc,
+            grad_b_enc,
+            grad_W_dec,
+            grad_b_dec,
+            grad_threshold,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

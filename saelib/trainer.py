@@ -41,11 +41,20 @@ class TrainConfig:
     l1_warmup_frac: float = 0.05
     grad_clip: float = 1.0  # relu / jumprelu
     # relu / jumprelu: after the penalty's warm-up, a PI controller in log space steers its coefficient:
-    # coeff = integral * (L0 / target_l0) ** target_l0_gain, and the integral is multiplied every step by
-    # (L0 / target_l0) ** (target_l0_rate * lr factor); target_l0 None means k; rate 0 keeps it fixed
+    # coeff = integral * (L0 / target) ** target_l0_gain, and the integral is multiplied every step by
+    # (L0 / target) ** (target_l0_rate * lr factor), never below its start (l1_coeff / l0_coeff: early L0
+    # sits below target while the encoder learns, and an integral wound down there lagged ~150 steps once
+    # L0 rose past it); target_l0 None means k; rate 0 keeps it fixed.
+    # The target falls log-linearly from the first step's L0 to target_l0 over the first l0_anneal_frac
+    # of the steps: relu starts near L0 = d_sae / 2, and steering it down at once killed half its latents
     target_l0: float | None = None
     target_l0_rate: float = 0.05
     target_l0_gain: float = 2.0
+    l0_anneal_frac: float = 0.3
+    # relu / jumprelu: latents silent for preact_tokens training tokens have their pre-activations pulled
+    # up to the threshold (0 for relu) with weight preact_coeff (Anthropic, January 2025), so they fire again
+    preact_coeff: float = 3e-3
+    preact_tokens: int = 25_000
     # topk / batchtopk: AuxK loss on the top k_aux dead latents (default d_in // 2)
     aux_coeff: float = 1 / 32
     k_aux: int | None = None
@@ -54,12 +63,11 @@ class TrainConfig:
     threshold_lr: float = 0.01
     # jumprelu: L0 penalty with straight-through threshold gradients; thresholds start where each
     # latent fires on target_l0 / d_sae of a sample, so L0 starts near the target; log-thresholds learn
-    # at threshold_lr_scale * lr; dead latents' pre-activations are pulled up with preact_coeff
+    # at threshold_lr_scale * lr
     l0_coeff: float = 0.1
     l0_warmup_frac: float = 0.05
     jumprelu_bandwidth: float = 0.05
     threshold_lr_scale: float = 10.0
-    preact_coeff: float = 3e-3
     device: str = "auto"  # "auto": CUDA if torch sees one (cuda:LOCAL_RANK under torchrun), else cpu
     checkpoint_every: int = 500
     log_every: int = 20
@@ -85,7 +93,14 @@ class Trainer:
     counters), so a trainer restored from it continues exactly. Arch and k come from `sae.cfg`.
     """
 
-    COUNTERS = ("tokens_since_fired", "threshold_avg", "threshold_updates", "sparsity_coeff", "l0_error")
+    COUNTERS = (
+        "tokens_since_fired",
+        "threshold_avg",
+        "threshold_updates",
+        "sparsity_coeff",
+        "l0_error",
+        "l0_start",
+    )
     UNIT_NORM_ARCHS = ("topk", "jumprelu", *BATCH_ARCHS)
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
@@ -105,9 +120,9 @@ class Trainer:
             (), dtype=torch.float64, device=device
         )  # batchtopk, before debiasing
         self.threshold_updates = torch.zeros((), dtype=torch.long, device=device)
-        start_coeff = cfg.l1_coeff if sae.cfg.arch == "relu" else cfg.l0_coeff
-        self.sparsity_coeff = torch.tensor(start_coeff, dtype=torch.float64)  # relu / jumprelu, steered
-        self.l0_error = torch.zeros((), dtype=torch.float64)  # log(L0 / target_l0) of the latest step
+        self.sparsity_coeff = torch.tensor(self._start_coeff(), dtype=torch.float64)  # relu / jumprelu
+        self.l0_error = torch.zeros((), dtype=torch.float64)  # log(L0 / target) of the latest step
+        self.l0_start = torch.zeros((), dtype=torch.float64)  # L0 of the first step: the target's start
         self._sums: dict[str, float] = {}  # of the step stats since the last log_stats()
         self._n_summed = 0
 
@@ -147,29 +162,42 @@ class Trainer:
             return topk_loss(self.sae, x, self.dead_mask(), cfg.k_aux or d_in // 2, cfg.aux_coeff, dtype)
         coeff = self.sparsity_coeff.item() * math.exp(cfg.target_l0_gain * self.l0_error.item())
         coeff *= _warmup(self.steps_done, self.total_steps, self._warmup_frac())
-        if self.sae.cfg.arch == "relu":
-            return dense_loss(self.sae, x, coeff, dtype=dtype)
-        threshold = self.log_threshold.exp()
-        dead = self.dead_mask()
+        silent = self.tokens_since_fired >= cfg.preact_tokens
+        threshold = self.log_threshold.exp() if self.sae.cfg.arch == "jumprelu" else None
         return dense_loss(
-            self.sae, x, coeff, threshold, cfg.jumprelu_bandwidth, dead, cfg.preact_coeff, dtype=dtype
+            self.sae, x, coeff, threshold, cfg.jumprelu_bandwidth, silent, cfg.preact_coeff, dtype=dtype
         )
+
+    def _start_coeff(self) -> float:
+        return self.cfg.l1_coeff if self.sae.cfg.arch == "relu" else self.cfg.l0_coeff
 
     def _warmup_frac(self) -> float:
         return self.cfg.l1_warmup_frac if self.sae.cfg.arch == "relu" else self.cfg.l0_warmup_frac
 
     def _steer(self, l0: float, lr_factor: float) -> None:
-        """After the penalty's warm-up, raise its coefficient while L0 is above target, lower it below.
+        """After the penalty's warm-up, raise its coefficient while L0 is above target, lower it below; the
+        target falls from the L0 at the end of the warm-up to target_l0 by l0_anneal_frac of the steps.
 
         The integral term alone lags the L0 it steers and overshoots (L0 swung between 0.1 and 40 around a
         target of 6 on planted data); the proportional term reacts at once and damps the swing."""
         cfg = self.cfg
-        warm = self.steps_done >= round(self._warmup_frac() * self.total_steps)
-        if self.sae.cfg.arch not in ("relu", "jumprelu") or not cfg.target_l0_rate or not warm:
+        warm_end = round(self._warmup_frac() * self.total_steps)
+        if (
+            self.sae.cfg.arch not in ("relu", "jumprelu")
+            or not cfg.target_l0_rate
+            or self.steps_done < warm_end
+        ):
             return
+        if not self.l0_start:
+            self.l0_start.fill_(max(l0, 1e-3))
         target = cfg.target_l0 or cfg.k
+        anneal_end = round(cfg.l0_anneal_frac * self.total_steps)
+        if self.steps_done < anneal_end:  # log-linearly from the L0 when steering began down to the target
+            left = (anneal_end - self.steps_done) / max(1, anneal_end - warm_end)
+            target *= max(1.0, self.l0_start.item() / target) ** left
         self.l0_error.fill_(max(-1.0, min(1.0, math.log(max(l0, 1e-3) / target))))
         self.sparsity_coeff *= math.exp(cfg.target_l0_rate * lr_factor * self.l0_error.item())
+        self.sparsity_coeff.clamp_(min=self._start_coeff())
 
     def _count(self, out: TrainLoss, n_tokens: int) -> None:
         """Advance the step and the tokens since each latent fired; move the BatchTopK threshold towards

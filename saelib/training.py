@@ -96,13 +96,16 @@ def train(
 
     device = distributed.resolve_device(cfg.device)
     sae = SAE(sae_cfg, meta).to(device)
-    _initialise(sae, store, cfg, scale)  # before the Trainer, which copies the jumprelu thresholds
-    distributed.broadcast_module(sae)
-    trainer = Trainer(sae, cfg, total_steps)
     ckpt_dir = run_dir / "checkpoints"
-    history = _load_checkpoint(ckpt_dir, trainer)
-    if history is None:
-        history = []
+    resumed = _read_checkpoint(ckpt_dir, cfg, d_in)
+    if resumed is None:  # a fresh run; a resumed one gets every tensor from the checkpoint
+        _initialise(sae, store, cfg, scale)  # before the Trainer, which copies the jumprelu thresholds
+        distributed.broadcast_module(sae)
+    trainer = Trainer(sae, cfg, total_steps)
+    history = []
+    if resumed is not None:
+        tensors, history = resumed
+        trainer.load_state_dict(tensors)
     for entry in history:  # a resumed (or finished) run shows its curves from the start
         if callback is not None and main:
             callback(entry["step"], entry)
@@ -210,25 +213,25 @@ def _save_checkpoint(ckpt_dir: Path, trainer: Trainer, history: list[dict]) -> N
     write_checkpoint(ckpt_dir, trainer.steps_done, trainer.state_dict(), info)
 
 
-def _load_checkpoint(ckpt_dir: Path, trainer: Trainer) -> list[dict] | None:
-    """Restore the newest checkpoint into `trainer` and return the stats logged so far (None if there
-    is no checkpoint)."""
+def _read_checkpoint(
+    ckpt_dir: Path, cfg: TrainConfig, d_in: int
+) -> tuple[dict[str, Tensor], list[dict]] | None:
+    """The newest checkpoint's tensors (for `Trainer.load_state_dict`) and the stats logged so far, after
+    checking it belongs to this run (None if there is no checkpoint)."""
     latest = read_latest_checkpoint(ckpt_dir)
     if latest is None:
         return None
     tensors, info = latest
-    d_in = trainer.sae.cfg.d_in
     if info["d_in"] != d_in:
         raise BadFile(
             f"The checkpoint in {ckpt_dir} is for d_in={info['d_in']} but this store has "
             f"d_model={d_in}; use the store it was trained on or a new run_dir"
         )
-    saved, current = info["config"], asdict(trainer.cfg)
+    saved, current = info["config"], asdict(cfg)
     changed = sorted(k for k in current if k not in WATCH_FIELDS and saved.get(k) != current[k])
     if changed:
         raise BadFile(
             f"{ckpt_dir} holds a checkpoint made with different settings ({', '.join(changed)}); "
             "pass the same settings to resume, or use a new run_dir"
         )
-    trainer.load_state_dict(tensors)
-    return info["history"]
+    return tensors, info["history"]

@@ -35,7 +35,14 @@ SHAPES = "512x2048,576x4608"  # d_in x d_sae
 def _our_step(arch: str, d_in: int, d_sae: int, k: int, batch: torch.Tensor, precision: str):
     """saelib's Trainer.step at a constant lr (no warm-up or decay)."""
     cfg = TrainConfig(
-        arch=arch, k=k, lr=1e-4, warmup_frac=0, decay_frac=0, dead_tokens=2**62, precision=precision
+        arch=arch,
+        k=k,
+        lr=1e-4,
+        warmup_frac=0,
+        decay_frac=0,
+        dead_tokens=2**62,
+        preact_tokens=2**62,
+        precision=precision,
     )
     sae = SAE(SAEConfig(d_in, d_sae, arch=arch, k=k))
     with torch.no_grad():
