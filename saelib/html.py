@@ -254,7 +254,7 @@ METRIC_ROWS = (
     ("ce_loss_recovered", "CE-loss recovered", "{:.3f}"),
     ("sparse_probe_acc_k1", "1-sparse probing accuracy (concepts, held out)", "{:.3f}"),
     ("sparse_probe_acc_k5", "5-sparse probing accuracy (concepts, held out)", "{:.3f}"),
-    ("absorption_rate", "first-letter absorption rate", "{:.3f}"),
+    ("absorption_rate", "first-letter full-absorption rate (SAEBench)", "{:.3f}"),
 )
 
 

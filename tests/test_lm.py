@@ -50,6 +50,19 @@ def test_component_sites_sum_into_the_residual(tiny_llama, site):
     torch.testing.assert_close(resid_in + attn + mlp, resid_out, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+def test_next_token_activations_equal_a_forward_of_prefix_and_token(arch):
+    """The prefix runs once into a cache shared by every token read after it: the same activations as a
+    full forward of sink + prefix + token, for batches of any size."""
+    lm = make_tiny_lm(arch)
+    prefix, token_ids = "Dogs are man's best friend.\n", torch.tensor([5, 17, 42, 99, 120])
+    acts = lm.next_token_activations(prefix, token_ids, 2, "resid", batch_size=2)
+    prefix_ids = lm.token_ids([prefix])[0]
+    full = torch.tensor([prefix_ids + [t] for t in token_ids.tolist()])
+    expected = lm.forward_to(full, torch.ones_like(full), 2, "resid")[:, -1]
+    torch.testing.assert_close(acts, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_activations_per_text_with_token_strings(tiny_neox):
     out = tiny_neox.activations(TEXTS, layer=2)
     assert len(out.acts) == 2 and out.acts[0].shape[1] == tiny_neox.d_model
