@@ -110,13 +110,9 @@ def _measure(steps: dict, n_tokens: int, seconds: float, repeats: int) -> dict:
     pending = dict(steps)
     for attempt in range(1, repeats + 1):
         totals = {name: {"seconds": 0.0, "cpu": 0.0, "steps": 0, "peak_rss_mb": 0.0} for name in pending}
-        def needs_time(name: str) -> bool:
-            return totals[name]["steps"] < 2 or totals[name]["seconds"] < seconds
-
-        while any(needs_time(name) for name in pending):
-            for name, step in pending.items():
-                if not needs_time(name):  # done: the slow steps must not keep the fast ones running
-                    continue
+        while running := [n for n, t in totals.items() if t["steps"] < 2 or t["seconds"] < seconds]:
+            for name in running:  # a kind with its seconds stops: slow kinds must not keep fast ones going
+                step = pending[name]
                 reset_peak_rss()
                 with timed(one := {}):
                     step()
