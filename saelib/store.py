@@ -128,7 +128,8 @@ class ActivationStore:
                 total += int(self.split_mask(shard.get_tensor("doc").long(), split).sum())
         return total
 
-    def load_shard(self, index: int) -> Shard:
+    def load_shard(self, index: int, as_float: bool = True) -> Shard:
+        """Shard `index`, its activations as float32 (as_float) or as stored (float16 / bfloat16)."""
         entry = self.manifest["shards"][index]
         file = self.path / entry["file"]
         try:
@@ -139,7 +140,7 @@ class ActivationStore:
             shape, expected = tuple(tensors["acts"].shape), (entry["n_tokens"], self.d_model)
             raise self._damaged(f"{file} has shape {shape}, expected {expected}")
         return Shard(
-            acts=tensors["acts"].float(),
+            acts=tensors["acts"].float() if as_float else tensors["acts"],
             token_ids=tensors["token_ids"].long(),
             doc=tensors["doc"].long(),
             pos=tensors["pos"].long(),
@@ -169,24 +170,22 @@ class ActivationStore:
         n_shards = len(self.manifest["shards"])
         order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else list(range(n_shards))
         group = SHUFFLE_BUFFER_SHARDS if shuffle else 1
-        leftover = torch.zeros(0, self.d_model)
+        parts: list[Tensor] = []  # rows left over from the last group, then the next group's
         n_batch = 0
         for g in range(0, n_shards, group):
-            parts = [leftover]
             for i in order[g : g + group]:
-                shard = self.load_shard(i)
+                shard = self.load_shard(i, as_float=False)  # the pool stays in the stored dtype
                 parts.append(shard.acts[self.split_mask(shard.doc, split)])
             pool = torch.cat(parts)
-            if shuffle:
-                pool = pool[torch.randperm(len(pool), generator=gen)]
+            rows = torch.randperm(len(pool), generator=gen) if shuffle else torch.arange(len(pool))
             n_full = len(pool) // batch_size * batch_size
             for start in range(0, n_full, batch_size):
-                if n_batch >= skip_batches:
-                    yield pool[start : start + batch_size]
+                if n_batch >= skip_batches:  # gathered batch by batch: no permuted copy of the pool
+                    yield pool[rows[start : start + batch_size]].float()
                 n_batch += 1
-            leftover = pool[n_full:]
-        if len(leftover) and n_batch >= skip_batches:
-            yield leftover
+            parts = [pool[rows[n_full:]]]
+        if parts and len(parts[0]) and n_batch >= skip_batches:
+            yield parts[0].float()
 
     def context(self, row: int, before: int = 12, after: int = 4) -> tuple[list[int], int]:
         """Token ids around global `row` within its document, and where that token sits in the window."""
