@@ -56,7 +56,7 @@ def arch_frontier(
     lm=None,
     archs: Sequence[str] = FRONTIER_ARCHS,
     base: TrainConfig | None = None,
-    n_eval_texts: int = 50,
+    n_eval_texts: int = 150,
     probes: ProbeData | None = None,
 ) -> list[dict]:
     """Every arch at the same target L0 (`base.k`, steered for relu and jumprelu) and token budget
