@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from saelib import distributed
 from saelib.atomic import save_tensors, write_json, write_jsonl
+from saelib.batching import padded_batches
 from saelib.corpus import Document
 from saelib.errors import BadArgument, BadFile
-from saelib.lm import LM, pad_batch
+from saelib.lm import LM
 from saelib.store import DOCUMENTS_FILE, EVAL_EVERY, FORMAT_VERSION, MANIFEST_FILE, ActivationStore
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -226,16 +227,6 @@ def collect(
             path.unlink()
     distributed.barrier()  # manifest.json is complete
     return ActivationStore(out)
-
-
-def padded_batches(
-    input_ids: list[list[int]], docs: Iterable[int], batch_size: int, pad_id: int
-) -> Iterator[tuple[list[int], Tensor, Tensor]]:
-    """Yield (doc indices, ids, mask) with documents sorted by length so padding stays small."""
-    order = sorted(docs, key=lambda i: len(input_ids[i]))
-    for b in range(0, len(order), batch_size):
-        batch_docs = order[b : b + batch_size]
-        yield batch_docs, *pad_batch([input_ids[i] for i in batch_docs], pad_id)
 
 
 def massive_mask(norms: Tensor, ratio: float | None, reference: Tensor | None = None) -> Tensor:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saelib.batching import padded_batches
 from saelib.corpus import load_concepts
 from saelib.errors import BadArgument
 from saelib.sae import SAE
@@ -105,19 +106,17 @@ def fit_letter_probe(acts: Tensor, letters: Tensor, tokens: list[str]) -> Letter
 def concept_activations(
     lm, layer: int, site: str, batch_size: int = 32, max_length: int = 64
 ) -> ConceptActivations:
-    """Run the LM once over the bundled concept texts (both splits)."""
-    docs = {"train": load_concepts("train"), "heldout": load_concepts("heldout")}
-    acts, concepts, is_train = [], [], []
-    for split, split_docs in docs.items():
-        for start in range(0, len(split_docs), batch_size):
-            batch = split_docs[start : start + batch_size]
-            token_acts = lm.activations(
-                [d.text for d in batch], layer=layer, site=site, max_length=max_length
-            )
-            acts.extend(a[1:] for a in token_acts.acts)
-            concepts.extend(d.concept for d in batch)
-            is_train.extend([split == "train"] * len(batch))
-    return ConceptActivations(acts, concepts, torch.tensor(is_train))
+    """Run the LM once over the bundled concept texts (both splits), batched by length."""
+    docs = [(d, True) for d in load_concepts("train")] + [(d, False) for d in load_concepts("heldout")]
+    token_ids = lm.token_ids([d.text for d, _ in docs], max_length)
+    acts: list[Tensor | None] = [None] * len(docs)
+    for batch_docs, ids, mask in padded_batches(
+        token_ids, range(len(docs)), batch_size, lm.tokenizer.pad_token_id
+    ):
+        batch_acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site).cpu()
+        for row, i in enumerate(batch_docs):
+            acts[i] = batch_acts[row, 1 : len(token_ids[i])]  # the sink token dropped
+    return ConceptActivations(acts, [d.concept for d, _ in docs], torch.tensor([t for _, t in docs]))
 
 
 def letter_activations(

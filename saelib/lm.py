@@ -17,8 +17,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from saelib.batching import pad_batch
 from saelib.distributed import resolve_device
 from saelib.errors import BadArgument, BadFile
 from saelib.hooks import SITES, parse_hook
@@ -147,16 +148,6 @@ def _find_blocks(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
             return module
     raise BadArgument(f"Cannot find the {n_layers} transformer blocks of {type(model).__name__}")
-
-
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-padded input_ids [n, longest] and the attention mask marking real tokens."""
-    input_ids = torch.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-    return input_ids, attention_mask
 
 
 def _sink_id(tokenizer) -> int | None:
@@ -383,6 +374,59 @@ class LM:
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return module.register_forward_hook(on_output)
+
+    def intervened_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        layer: int,
+        site: str,
+        fns: Iterable[Callable[[Tensor], Tensor] | None],
+    ) -> Iterator[Tensor]:
+        """Logits of one batch once per fn of `fns`, with the activation at (layer, site) replaced by
+        fn(acts) (None: left alone). The blocks before `layer` run in the first pass only: the later
+        passes start from the input block `layer` had then, as nothing before it changes."""
+        layer, site = self.resolve(layer, site)
+        kept = {}
+
+        def keep_input(acts: Tensor) -> None:
+            kept["resid_pre"] = acts
+
+        def keep_output(_module, _inputs, output) -> None:
+            kept["output"] = output  # block layer - 1's output, to replay in its form (tensor or tuple)
+
+        for n_pass, fn in enumerate(fns):
+            handles = [] if n_pass else [self._register(layer, "resid_pre", keep_input)]
+            if not n_pass and layer:
+                handles.append(self.blocks[layer - 1].register_forward_hook(keep_output))
+            skipped = self._skip_blocks(layer, kept) if n_pass and layer else nullcontext()
+            if fn is not None:
+                handles.append(self._register(layer, site, fn))
+            try:
+                with skipped:
+                    yield self.logits(input_ids, attention_mask)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    @contextmanager
+    def _skip_blocks(self, layer: int, kept: dict) -> Iterator[None]:
+        """Blocks 0..layer-1 do nothing; the last of them hands on kept["resid_pre"], block layer's input."""
+        output = kept["output"]
+        replay = (kept["resid_pre"], *output[1:]) if isinstance(output, tuple) else kept["resid_pre"]
+
+        def hand_on(hidden_states, *args, **kwargs):
+            return (hidden_states,) if isinstance(output, tuple) else hidden_states
+
+        skipped = self.blocks[:layer]
+        for block in skipped:  # an instance attribute shadows the class's forward; hooks still run
+            block.forward = hand_on
+        skipped[-1].forward = lambda *args, **kwargs: replay
+        try:
+            yield
+        finally:
+            for block in skipped:
+                del block.forward
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         with torch.inference_mode():

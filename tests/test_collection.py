@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saelib.collection import collect, massive_mask, padded_batches, store_from_tensor
+from saelib.batching import padded_batches
+from saelib.collection import collect, massive_mask, store_from_tensor
 from saelib.errors import BadArgument, BadFile
 from saelib.store import open_store
 

@@ -212,3 +212,26 @@ def test_device_map_spreads_the_model_and_hooks_still_work(tmp_path, tiny_llama)
 def test_bad_device_fails_before_loading():
     with pytest.raises(BadArgument, match="Unknown device"):
         load_lm("no/such/model", device="gpu")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+@pytest.mark.parametrize(("layer", "site"), [(0, "resid"), (2, "resid"), (3, "resid_pre"), (2, "mlp_out")])
+def test_intervened_logits_skip_the_early_blocks_and_equal_full_forwards(arch, layer, site):
+    lm = make_tiny_lm(arch)
+    batch = lm.tokenize(TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    fns = [None, torch.zeros_like, lambda acts: 2 * acts]
+    calls = []
+    hook = lm.blocks[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    got = list(lm.intervened_logits(ids, mask, layer, site, fns))
+    hook.remove()
+    expected = [lm.logits(ids, mask)]
+    for fn in fns[1:]:
+        with lm.hooked(layer, site, fn):
+            expected.append(lm.logits(ids, mask))
+    for logits, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(logits, want)
+    assert not torch.allclose(got[0], got[1])
+    assert len(calls) == (1 if layer else 3)  # block 0 ran in the first pass only
+    assert all("forward" not in vars(block) for block in lm.blocks)  # restored
+    torch.testing.assert_close(lm.logits(ids, mask), expected[0])

@@ -17,8 +17,8 @@ from saelib import corpus, html
 from saelib.analysis.checks import check_feature, check_texts, d_sae_of
 from saelib.analysis.encode import hook_point
 from saelib.analysis.labels import ConceptLabels, feature_name, label_names
+from saelib.batching import pad_batch
 from saelib.errors import BadArgument
-from saelib.lm import pad_batch
 
 
 # ---- logit lens ----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import tempfile
 import torch
 from torch import Tensor
 
+from saelib.batching import padded_batches
 from saelib.bench.timing import MIN_CPU_SHARE, peak_rss_mb, reset_peak_rss, timed
-from saelib.collection import collect, padded_batches
+from saelib.collection import collect
 from saelib.corpus import load_corpus
 from saelib.lm import load_lm
 from saelib.precision import native_bf16
