@@ -24,19 +24,29 @@ from saelib.errors import BadArgument
 def auroc(scores: Tensor, labels: Tensor) -> Tensor:
     """AUROC of each column of `scores` [n, F] for boolean `labels` [n], by average ranks (ties count 1/2)."""
     labels = torch.as_tensor(labels, dtype=torch.bool)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
     if scores.ndim != 2 or scores.shape[0] != len(labels):
         raise BadArgument(
             f"scores must be [n, F] with n = len(labels) = {len(labels)}, got {tuple(scores.shape)}"
         )
-    if n_pos == 0 or n_neg == 0:
-        raise BadArgument("AUROC needs both positive and negative examples")
-    by_feature = scores.T.double().contiguous()  # [F, n]
+    return auroc_from_ranks(ranks(scores), labels)
+
+
+def ranks(scores: Tensor) -> Tensor:
+    """[F, n] 1-based rank of each of the n scores within its column of `scores` [n, F], ties sharing
+    their average rank: computed once, it gives the AUROC of any labelling (`auroc_from_ranks`)."""
+    by_feature = scores.T.double().contiguous()
     ordered = by_feature.sort(dim=1).values
     below = torch.searchsorted(ordered, by_feature, right=False)
     up_to = torch.searchsorted(ordered, by_feature, right=True)
-    ranks = (below + up_to + 1) / 2  # 1-based, ties share their average rank
+    return (below + up_to + 1) / 2
+
+
+def auroc_from_ranks(ranks: Tensor, labels: Tensor) -> Tensor:
+    """AUROC per feature from `ranks` [F, n] and boolean `labels` [n] (Mann-Whitney U / (n_pos n_neg))."""
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise BadArgument("AUROC needs both positive and negative examples")
     rank_sum = ranks[:, labels].sum(dim=1)
     return ((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).float()
 
@@ -124,13 +134,14 @@ def label_from_scores(
     if len(train_concepts) != len(train_scores) or len(test_concepts) != len(test_scores):
         raise BadArgument("Need one concept (or None) per row of train_scores and of test_scores")
     per_concept = check_top_k(per_concept, train_scores.shape[1])
+    train_ranks = ranks(train_scores)  # once for every concept
     rows = []
     for concept in sorted({c for c in train_concepts if c is not None}):
         train_labels = torch.tensor([c == concept for c in train_concepts])
         test_labels = torch.tensor([c == concept for c in test_concepts])
         if test_labels.all() or not test_labels.any():
             raise BadArgument(f"The held-out split needs texts with and without concept {concept!r}")
-        train_auc = auroc(train_scores, train_labels)
+        train_auc = auroc_from_ranks(train_ranks, train_labels)
         best = train_auc.topk(per_concept)
         test_auc = auroc(test_scores[:, best.indices], test_labels)
         rows += [
