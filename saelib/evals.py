@@ -178,12 +178,15 @@ def sparse_probing(
     if not concepts:
         raise BadArgument("sparse probing needs concepts present in both the train and held-out texts")
     results = {k: [] for k in ks}
+    spread, total = train_scores.std(0).clamp_min(1e-6), train_scores.sum(0)
     for concept in concepts:
         y_train = torch.tensor([c == concept for c in train_concepts]).long()
         y_test = torch.tensor([c == concept for c in test_concepts])
         # the class-mean gap in units of each latent's spread: a raw gap favours the loudest latents
-        gap = train_scores[y_train == 1].mean(0) - train_scores[y_train == 0].mean(0)
-        ranked = (gap.abs() / train_scores.std(0).clamp_min(1e-6)).argsort(descending=True)
+        n_pos = int(y_train.sum())
+        pos_sum = train_scores[y_train == 1].sum(0)
+        gap = pos_sum / n_pos - (total - pos_sum) / (len(y_train) - n_pos)
+        ranked = (gap.abs() / spread).argsort(descending=True)
         for k in ks:
             latents = ranked[:k]
             weight, bias = fit_logistic(train_scores[:, latents], y_train, 2)
@@ -199,8 +202,12 @@ def concept_sparse_probing(
     sae: SAE, data: ConceptActivations, ks: Sequence[int] = SPARSE_PROBE_KS
 ) -> dict[str, float]:
     """`sparse_probing` on the SAE's max-over-tokens latents of the concept texts."""
-    device = sae.W_dec.device
-    scores = torch.stack([sae.encode(acts.to(device)).max(0).values.cpu() for acts in data.acts])
+    device, maxima = sae.W_dec.device, []
+    for start in range(0, len(data.acts), 256):  # a few thousand tokens per GEMM, not one text's dozen
+        texts = data.acts[start : start + 256]
+        latents = sae.encode(torch.cat(texts).to(device)).split([len(acts) for acts in texts])
+        maxima += [text_latents.max(0).values.cpu() for text_latents in latents]
+    scores = torch.stack(maxima)
     train, concepts = data.is_train, data.concepts
     return sparse_probing(
         scores[train],
