@@ -109,7 +109,15 @@ class Trainer:
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
         keep_freed_memory()  # every step's temporaries reuse the last step's memory
-        groups = [{"params": list(sae.parameters()), "lr_scale": 1.0}]
+        # fused Adam copies a non-contiguous parameter in and out of its kernel every step; W_enc is stored
+        # latent-major (its transpose is contiguous), so Adam updates that transpose: the same memory
+        self._handed_over = [
+            (param, torch.nn.Parameter(param.data.t()))
+            for param in sae.parameters()
+            if not param.is_contiguous() and param.t().is_contiguous()
+        ]
+        views = {id(param): view for param, view in self._handed_over}
+        groups = [{"params": [views.get(id(p), p) for p in sae.parameters()], "lr_scale": 1.0}]
         if sae.cfg.arch == "jumprelu":  # the SAE's threshold buffer follows this differentiable copy
             self.log_threshold = torch.nn.Parameter(sae.threshold.clamp_min(1e-3).log())
             groups.append({"params": [self.log_threshold], "lr_scale": cfg.threshold_lr_scale})
@@ -138,13 +146,17 @@ class Trainer:
             group["lr"] = self.lr * group["lr_scale"]
         out = self._loss(x)
         self.optimizer.zero_grad(set_to_none=True)
+        self.sae.zero_grad(set_to_none=True)  # W_enc's gradient is Adam's only through a view
         out.loss.backward()
-        distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
+        thresholds = [self.log_threshold] if sae.cfg.arch == "jumprelu" else []
+        distributed.average_gradients([*sae.parameters(), *thresholds])
         unit_norm = sae.cfg.arch in self.UNIT_NORM_ARCHS
         if unit_norm:
             _drop_parallel_grad(sae.W_dec)
         if sae.cfg.arch in ("relu", "jumprelu"):
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        for param, view in self._handed_over:
+            view.grad = param.grad.t()
         self.optimizer.step()
         with torch.no_grad():
             if unit_norm:
@@ -257,6 +269,10 @@ class Trainer:
         self.optimizer.load_state_dict(opt_state)
         for param, state in self.optimizer.state.items():  # fused Adam needs the parameter's memory layout
             for key in ("exp_avg", "exp_avg_sq"):
+                if (
+                    key in state and state[key].shape != param.shape
+                ):  # saved before W_enc's Adam went row-major
+                    state[key] = state[key].t()
                 if key in state and state[key].stride() != param.stride():
                     state[key] = torch.empty_like(param).copy_(state[key])
         for name in self.COUNTERS:
