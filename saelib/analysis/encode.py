@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from saelib.analysis.checks import check_texts, d_sae_of
+from saelib.batching import padded_batches
 
 
 def hook_point(lm, sae) -> tuple[int, str]:
@@ -41,12 +42,14 @@ def text_maxima(
     """[n_texts, d_sae] max-over-tokens latents for many texts, without keeping per-token latents."""
     texts = check_texts(texts)
     layer, site = hook_point(lm, sae)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
+    token_ids = lm.token_ids(texts, max_length)
     rows = torch.zeros(len(texts), d_sae_of(sae))
-    for start in range(0, len(texts), batch_size):
-        batch = order[start : start + batch_size]
-        token_acts = lm.activations([texts[i] for i in batch], layer=layer, site=site, max_length=max_length)
-        latents = encode_latents(sae, torch.cat(token_acts.acts)).split([len(a) for a in token_acts.acts])
-        for i, text_latents in zip(batch, latents):
+    for batch, ids, mask in padded_batches(
+        token_ids, range(len(texts)), batch_size, lm.tokenizer.pad_token_id
+    ):
+        acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site)
+        lengths = [len(token_ids[i]) for i in batch]
+        real = torch.cat([acts[row, :n] for row, n in enumerate(lengths)])  # padding is never encoded
+        for i, text_latents in zip(batch, encode_latents(sae, real).split(lengths)):
             rows[i] = max_over_tokens(text_latents, skip_first)
     return rows
