@@ -31,7 +31,7 @@ _PUBLIC = {
     "trainer": ("TrainConfig", "Trainer"),
     "training": ("train",),
     "metrics": ("evaluate", "evaluate_many"),
-    "evals": ("probe_data", "probing_metrics"),
+    "probes": ("probe_data", "probing_metrics"),
     "sweep": ("frontier_sweep", "arch_frontier", "frontier_table"),
     "analysis": ("encode_texts", "feature_stats", "label_concepts", "top_features"),
     "report": ("write_dashboard",),

@@ -104,7 +104,7 @@ def fit_letter_probe(acts: Tensor, letters: Tensor, tokens: list[str]) -> Letter
 
 
 def concept_activations(
-    lm, layer: int, site: str, batch_size: int = 32, max_length: int = 64
+    lm, layer: int, site: str, batch_size: int = 32, max_length: int = 128
 ) -> ConceptActivations:
     """Run the LM once over the bundled concept texts (both splits), batched by length."""
     docs = [(d, True) for d in load_concepts("train")] + [(d, False) for d in load_concepts("heldout")]
@@ -198,16 +198,21 @@ def sparse_probing(
 
 
 @torch.no_grad()
+def concept_maxima(sae: SAE, data: ConceptActivations) -> Tensor:
+    """[n_texts, d_sae] each concept text's max-over-tokens latents (its sink token already dropped)."""
+    device, maxima = sae.W_dec.device, []
+    for start in range(0, len(data.acts), 256):  # a few thousand tokens per GEMM, not one text's dozen
+        texts = data.acts[start : start + 256]
+        latents = sae.encode(torch.cat(texts).to(device, sae.W_dec.dtype)).split([len(a) for a in texts])
+        maxima += [text_latents.max(0).values.float().cpu() for text_latents in latents]
+    return torch.stack(maxima)
+
+
 def concept_sparse_probing(
     sae: SAE, data: ConceptActivations, ks: Sequence[int] = SPARSE_PROBE_KS
 ) -> dict[str, float]:
     """`sparse_probing` on the SAE's max-over-tokens latents of the concept texts."""
-    device, maxima = sae.W_dec.device, []
-    for start in range(0, len(data.acts), 256):  # a few thousand tokens per GEMM, not one text's dozen
-        texts = data.acts[start : start + 256]
-        latents = sae.encode(torch.cat(texts).to(device)).split([len(acts) for acts in texts])
-        maxima += [text_latents.max(0).values.cpu() for text_latents in latents]
-    scores = torch.stack(maxima)
+    scores = concept_maxima(sae, data)
     train, concepts = data.is_train, data.concepts
     return sparse_probing(
         scores[train],
@@ -330,20 +335,3 @@ def _f1(predicted: Tensor, positive: Tensor) -> Tensor:
     """F1 of a [n] bool prediction of a [n] bool label."""
     true_pos = (predicted & positive).sum().float()
     return 2 * true_pos / (predicted.sum() + positive.sum()).clamp_min(1)
-
-
-@dataclass
-class ProbeData:
-    """What the evaluations read from the LM, computed once for any number of SAEs."""
-
-    concepts: ConceptActivations
-    letters: LetterActivations
-
-
-def probe_data(lm, layer: int, site: str) -> ProbeData:
-    return ProbeData(concept_activations(lm, layer, site), letter_activations(lm, layer, site))
-
-
-def probing_metrics(sae: SAE, probes: ProbeData, min_tokens: int = 10) -> dict[str, float | None]:
-    """k-sparse probing and first-letter absorption of one SAE on precomputed LM activations."""
-    return {**concept_sparse_probing(sae, probes.concepts), **absorption(sae, probes.letters, min_tokens)}

@@ -35,8 +35,8 @@ from saelib.atomic import write_json
 from saelib.batching import padded_batches
 from saelib.distributed import to_device
 from saelib.errors import BadArgument
-from saelib.evals import ProbeData, probe_data, probing_metrics
 from saelib.lm import LM
+from saelib.probes import ProbeData, probe_data, probing_metrics
 from saelib.sae import SAE
 from saelib.store import ActivationStore
 
@@ -212,7 +212,7 @@ def evaluate(
 ) -> dict:
     """Reconstruction metrics on the store's eval split, plus downstream metrics if `lm` is given, and
     with `probing` k-sparse probing and absorption (on `probes`, the LM's activations from
-    `saelib.evals.probe_data`, computed here when None).
+    `saelib.probes.probe_data`, computed here when None).
 
     `texts` defaults to the store's eval documents. Writes run_dir/metrics.json when run_dir is given.
     """

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from saelib.atomic import write_json
-from saelib.evals import ProbeData
 from saelib.metrics import evaluate, evaluate_many
+from saelib.probes import ProbeData
 from saelib.trainer import TrainConfig
 from saelib.training import train
 
@@ -62,7 +62,7 @@ def arch_frontier(
     """Every arch at the same target L0 (`base.k`, steered for relu and jumprelu) and token budget
     (`base.epochs` or `base.n_tokens`), trained into run_dir/frontier/<arch>; returns each one's metrics
     (CE-loss recovered, sparse probing and absorption too when `lm` is given; pass `probes` from
-    `saelib.evals.probe_data` to reuse the LM's activations).
+    `saelib.probes.probe_data` to reuse the LM's activations).
 
     Every SAE is trained first, then the new ones are evaluated together, sharing the LM's clean and
     zero-ablated passes. A run whose metrics.json exists is neither retrained nor re-evaluated: delete

@@ -90,3 +90,18 @@ def test_label_concepts_end_to_end_on_documents(tiny_llama, sae):
     assert all(0.0 <= r.test_auroc <= 1.0 and 0.0 <= r.train_auroc <= 1.0 for r in labels.rows)
     with pytest.raises(BadArgument, match="held-out split needs texts with and without"):
         analysis.label_concepts(tiny_llama, sae, train=docs, test=docs[:5])
+
+
+def test_label_concepts_from_probe_data_equal_a_fresh_lm_pass(tiny_llama, sae, monkeypatch):
+    from saelib import evals, probes
+
+    load_concepts = corpus.load_concepts
+    monkeypatch.setattr(corpus, "load_concepts", lambda split=None: load_concepts(split)[::6])
+    monkeypatch.setattr(evals, "load_concepts", corpus.load_concepts)
+    fresh = analysis.label_concepts(tiny_llama, sae)
+    concepts = evals.concept_activations(tiny_llama, *analysis.hook_point(tiny_llama, sae))
+    reused = analysis.label_concepts(tiny_llama, sae, probes=probes.ProbeData(concepts, letters=None))
+    assert [(r.concept, r.feature) for r in reused.rows] == [(r.concept, r.feature) for r in fresh.rows]
+    torch.testing.assert_close(
+        torch.tensor([r.test_auroc for r in reused.rows]), torch.tensor([r.test_auroc for r in fresh.rows])
+    )

@@ -4,7 +4,7 @@ k-sparse probing finds a planted concept latent; both run on a tiny LM."""
 import pytest
 import torch
 
-from saelib import evals
+from saelib import evals, probes
 from saelib.sae import SAE, SAEConfig
 
 N_LETTERS, TOKENS_PER_LETTER, COPIES = 4, 40, 5
@@ -99,7 +99,7 @@ def test_probing_metrics_on_a_tiny_lm(tiny_llama):
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 1))
         sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
-    metrics = evals.probing_metrics(sae, evals.ProbeData(concepts, letters))
+    metrics = probes.probing_metrics(sae, probes.ProbeData(concepts, letters))
     probe_keys = {f"sparse_probe_acc_k{k}" for k in evals.SPARSE_PROBE_KS}
     absorption_keys = {"absorption_rate", "absorption_fraction", "first_letter_f1", "first_letter_probe_f1"}
     assert set(metrics) == probe_keys | absorption_keys

@@ -19,6 +19,8 @@ from saelib.analysis.checks import check_feature, check_top_k
 from saelib.analysis.encode import text_maxima
 from saelib.analysis.stats import FeatureStats
 from saelib.errors import BadArgument
+from saelib.evals import concept_maxima
+from saelib.probes import ProbeData
 
 
 def auroc(scores: Tensor, labels: Tensor) -> Tensor:
@@ -156,9 +158,30 @@ def label_from_scores(
 
 
 def label_concepts(
-    lm, sae, train=None, test=None, per_concept: int = 1, min_auroc: float = 0.9, batch_size: int = 32
+    lm,
+    sae,
+    train=None,
+    test=None,
+    per_concept: int = 1,
+    min_auroc: float = 0.9,
+    batch_size: int = 32,
+    probes: ProbeData | None = None,
 ) -> ConceptLabels:
-    """Label features with the concepts of the shipped concept file (or given Documents) by AUROC."""
+    """Label features with the concepts of the shipped concept file (or given Documents) by AUROC.
+
+    `probes` (from `saelib.probe_data`, for the shipped file) hold the LM's activations of those texts
+    already, so the LM does not run again."""
+    if probes is not None and train is None and test is None:
+        scores, data = concept_maxima(sae, probes.concepts), probes.concepts
+        split = data.is_train.tolist()
+        return label_from_scores(
+            scores[data.is_train],
+            [c for c, is_train in zip(data.concepts, split) if is_train],
+            scores[~data.is_train],
+            [c for c, is_train in zip(data.concepts, split) if not is_train],
+            per_concept,
+            min_auroc,
+        )
     train = corpus.load_concepts("train") if train is None else list(train)
     test = corpus.load_concepts("heldout") if test is None else list(test)
     train_scores = text_maxima(lm, sae, [d.text for d in train], batch_size)
