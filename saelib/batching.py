@@ -1,4 +1,5 @@
-"""Token id lists into right-padded batches, sorted by length so that little compute goes to padding.
+"""Token id lists into right-padded batches, sorted by length so that little compute goes to padding,
+and the per-text activations an LM gives on them.
 
 Short and long texts in one batch pad every row to the longest: on the evaluation texts (5 to 64
 tokens) that doubled the LM's work. Sorting the texts by length first keeps each batch's rows alike.
@@ -30,3 +31,14 @@ def padded_batches(
     for b in range(0, len(order), batch_size):
         batch_docs = order[b : b + batch_size]
         yield batch_docs, *pad_batch([input_ids[i] for i in batch_docs], pad_id)
+
+
+def text_activations(
+    lm, token_ids: list[list[int]], layer: int, site: str, batch_size: int
+) -> Iterator[tuple[list[int], list[Tensor]]]:
+    """Batch by batch, texts in order of length: (text indices, each text's activations [n_tokens_i,
+    d_model] at (layer, site) on the LM's device, sink token first, no padding)."""
+    pad_id = lm.tokenizer.pad_token_id
+    for texts, ids, mask in padded_batches(token_ids, range(len(token_ids)), batch_size, pad_id):
+        acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site)
+        yield texts, [acts[row, : len(token_ids[i])] for row, i in enumerate(texts)]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelib.batching import padded_batches
+from saelib.batching import text_activations
 from saelib.corpus import load_concepts
 from saelib.errors import BadArgument
 from saelib.sae import SAE
@@ -66,6 +66,17 @@ class ConceptActivations:
     acts: list[Tensor]  # one [n_tokens, d_in] per text
     concepts: list[str]
     is_train: Tensor  # [n_texts] bool
+
+    def split(self, scores: Tensor) -> tuple[Tensor, list[str], Tensor, list[str]]:
+        """Per-text `scores` [n_texts, ...] and concepts as (train scores, train concepts, held-out
+        scores, held-out concepts)."""
+        train = self.is_train.tolist()
+        return (
+            scores[self.is_train],
+            [c for c, is_train in zip(self.concepts, train) if is_train],
+            scores[~self.is_train],
+            [c for c, is_train in zip(self.concepts, train) if not is_train],
+        )
 
 
 @dataclass
@@ -110,12 +121,9 @@ def concept_activations(
     docs = [(d, True) for d in load_concepts("train")] + [(d, False) for d in load_concepts("heldout")]
     token_ids = lm.token_ids([d.text for d, _ in docs], max_length)
     acts: list[Tensor | None] = [None] * len(docs)
-    for batch_docs, ids, mask in padded_batches(
-        token_ids, range(len(docs)), batch_size, lm.tokenizer.pad_token_id
-    ):
-        batch_acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site).cpu()
-        for row, i in enumerate(batch_docs):
-            acts[i] = batch_acts[row, 1 : len(token_ids[i])]  # the sink token dropped
+    for batch, text_acts in text_activations(lm, token_ids, layer, site, batch_size):
+        for i, one_text in zip(batch, text_acts):
+            acts[i] = one_text[1:].cpu()  # the sink token dropped
     return ConceptActivations(acts, [d.concept for d, _ in docs], torch.tensor([t for _, t in docs]))
 
 
@@ -212,15 +220,7 @@ def concept_sparse_probing(
     sae: SAE, data: ConceptActivations, ks: Sequence[int] = SPARSE_PROBE_KS
 ) -> dict[str, float]:
     """`sparse_probing` on the SAE's max-over-tokens latents of the concept texts."""
-    scores = concept_maxima(sae, data)
-    train, concepts = data.is_train, data.concepts
-    return sparse_probing(
-        scores[train],
-        [c for c, t in zip(concepts, train.tolist()) if t],
-        scores[~train],
-        [c for c, t in zip(concepts, train.tolist()) if not t],
-        ks,
-    )
+    return sparse_probing(*data.split(concept_maxima(sae, data)), ks)
 
 
 @torch.no_grad()

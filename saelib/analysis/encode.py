@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from saelib.analysis.checks import check_texts, d_sae_of
-from saelib.batching import padded_batches
+from saelib.batching import text_activations
 
 
 def hook_point(lm, sae) -> tuple[int, str]:
@@ -44,12 +44,8 @@ def text_maxima(
     layer, site = hook_point(lm, sae)
     token_ids = lm.token_ids(texts, max_length)
     rows = torch.zeros(len(texts), d_sae_of(sae))
-    for batch, ids, mask in padded_batches(
-        token_ids, range(len(texts)), batch_size, lm.tokenizer.pad_token_id
-    ):
-        acts = lm.forward_to(ids.to(lm.device), mask.to(lm.device), layer, site)
-        lengths = [len(token_ids[i]) for i in batch]
-        real = torch.cat([acts[row, :n] for row, n in enumerate(lengths)])  # padding is never encoded
-        for i, text_latents in zip(batch, encode_latents(sae, real).split(lengths)):
+    for batch, text_acts in text_activations(lm, token_ids, layer, site, batch_size):
+        lengths = [len(acts) for acts in text_acts]
+        for i, text_latents in zip(batch, encode_latents(sae, torch.cat(text_acts)).split(lengths)):
             rows[i] = max_over_tokens(text_latents, skip_first)
     return rows

@@ -172,15 +172,8 @@ def label_concepts(
     `probes` (from `saelib.probe_data`, for the shipped file) hold the LM's activations of those texts
     already, so the LM does not run again."""
     if probes is not None and train is None and test is None:
-        scores, data = concept_maxima(sae, probes.concepts), probes.concepts
-        split = data.is_train.tolist()
         return label_from_scores(
-            scores[data.is_train],
-            [c for c, is_train in zip(data.concepts, split) if is_train],
-            scores[~data.is_train],
-            [c for c, is_train in zip(data.concepts, split) if not is_train],
-            per_concept,
-            min_auroc,
+            *probes.concepts.split(concept_maxima(sae, probes.concepts)), per_concept, min_auroc
         )
     train = corpus.load_concepts("train") if train is None else list(train)
     test = corpus.load_concepts("heldout") if test is None else list(test)
