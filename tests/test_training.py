@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from saelib.collection import store_from_tensor
 from saelib.errors import BadArgument, BadFile, TrainingDiverged
 from saelib.sae import ARCHS, SAE, SAEConfig, load_sae
-from saelib.trainer import TrainConfig, Trainer
+from saelib.trainer import DEFAULT_LR, TrainConfig, Trainer
 from saelib.training import train
 
 D_IN, N_FEATURES = 24, 48
@@ -179,6 +179,18 @@ def test_train_config_is_json_in_saved_metadata(planted, tmp_path):
     train(store, tmp_path, TrainConfig(expansion=2, batch_size=512, epochs=1, progress=False))
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["saelib"]["train"]["batch_size"] == 512 and cfg["saelib"]["model"] == "synthetic"
+    assert cfg["saelib"]["train"]["lr"] == DEFAULT_LR["topk"]  # the default's number, not None
+
+
+def test_lr_none_means_the_archs_default_and_an_explicit_lr_wins(planted, tmp_path):
+    store, _ = planted
+    settings = dict(expansion=2, batch_size=512, n_tokens=512, progress=False)
+    default = train(store, tmp_path / "a", arch="jumprelu", **settings)
+    assert default.meta["train"]["lr"] == DEFAULT_LR["jumprelu"]
+    assert train(store, tmp_path / "b", arch="jumprelu", lr=3e-4, **settings).meta["train"]["lr"] == 3e-4
+    trainer = new_trainer("relu", normalised_batches(1), warmup_frac=0)
+    step = trainer.step(normalised_batches(1)[0])  # the only step: no warm-up or decay
+    assert step["lr"] == pytest.approx(DEFAULT_LR["relu"])
 
 
 def normalised_batches(n_batches: int, batch_size: int = 256) -> list[torch.Tensor]:
