@@ -18,7 +18,7 @@ def reference_loss(sae, x, coeff, threshold, bandwidth, dead, preact_coeff):
     jump = straight_through_step(pre.detach() - threshold, bandwidth)
     latents = pre * (pre > threshold) + threshold.detach() * (jump - jump.detach())
     recon = latents @ sae.W_dec + sae.b_dec
-    l0 = straight_through_step(pre - threshold, bandwidth).sum(1)
+    l0 = straight_through_step(pre.detach() - threshold, bandwidth).sum(1)  # reaches the threshold only
     pull = (threshold[dead] - pre[:, dead]).clamp_min(0).sum(1)
     return ((recon - x).pow(2).sum(1) + coeff * l0 + preact_coeff * pull).mean(), recon
 
