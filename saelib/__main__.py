@@ -119,7 +119,7 @@ def layer_or_hook(text: str) -> int | str:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, with the notebook's defaults."""
+    """One --option per TrainConfig field, with its default."""
     from saelib.trainer import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
@@ -133,8 +133,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag, type=int, nargs="+", default=default, metavar="INT", help="default: %(default)s"
             )
-        else:
-            kind = int if default is None else type(default)  # the None defaults (n_tokens, k_aux) take ints
+        else:  # the annotation names the type, also where the default is None ("float | None" for lr)
+            kind = {"int": int, "float": float, "str": str}[str(field.type).split(" |")[0]]
             parser.add_argument(
                 flag, type=kind, default=default, metavar=kind.__name__.upper(), help="default: %(default)s"
             )

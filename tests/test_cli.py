@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, TRAINING_TEXT
 
-from saelib.__main__ import main
+from saelib.__main__ import build_parser, main
 
 
 def saelib_cli(*args: str) -> subprocess.CompletedProcess:
@@ -113,3 +113,11 @@ def test_help_lists_the_commands_and_examples():
     assert all(
         command in result.stdout for command in ("collect", "train", "evaluate", "report", "examples:")
     )
+
+
+def test_train_options_parse_as_their_fields_types():
+    args = build_parser().parse_args(
+        ["train", "--run-dir", "r", "--lr", "1e-3", "--n-tokens", "5000", "--l1-coeff", "2", "--arch", "relu"]
+    )
+    assert (args.lr, args.n_tokens, args.l1_coeff, args.arch) == (1e-3, 5000, 2.0, "relu")
+    assert build_parser().parse_args(["train", "--run-dir", "r"]).lr is None  # the arch's default
