@@ -91,9 +91,17 @@ class TrainConfig:
         self.precision = resolve_precision(self.precision, distributed.resolve_device(self.device))
 
     def __repr__(self) -> str:
-        """One field per line, so a notebook shows the recipe readably (and it still evaluates)."""
-        lines = "".join(f"\n    {f.name}={getattr(self, f.name)!r}," for f in fields(self))
+        """One field per line, so a notebook shows the recipe readably (and it still evaluates); a default
+        lr shows the number it stands for."""
+        lines = "".join(
+            f"\n    {f.name}={getattr(self, f.name)!r},{self._note(f.name)}" for f in fields(self)
+        )
         return f"TrainConfig({lines}\n)"
+
+    def _note(self, name: str) -> str:
+        if name == "lr" and self.lr is None and self.arch in DEFAULT_LR:
+            return f"  # {self.arch}'s default: {DEFAULT_LR[self.arch]:g}"
+        return ""
 
 
 class Trainer:

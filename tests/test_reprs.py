@@ -18,6 +18,8 @@ def test_train_config_repr_is_one_field_per_line_and_evaluates():
     text = repr(config)
     assert "\n    k=8,\n" in text and max(len(line) for line in text.splitlines()) < 60
     assert eval(text) == config
+    default_lr = repr(TrainConfig(arch="jumprelu"))
+    assert "\n    lr=None,  # jumprelu's default: 0.0012\n" in default_lr and eval(default_lr).lr is None
 
 
 def test_concept_labels_repr_is_a_table():
