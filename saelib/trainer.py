@@ -98,9 +98,13 @@ class TrainConfig:
         )
         return f"TrainConfig({lines}\n)"
 
+    def lr_for(self, arch: str) -> float:
+        """The learning rate a run of `arch` uses: lr, or the arch's default when lr is None."""
+        return self.lr if self.lr is not None else DEFAULT_LR[arch]
+
     def _note(self, name: str) -> str:
         if name == "lr" and self.lr is None and self.arch in DEFAULT_LR:
-            return f"  # {self.arch}'s default: {DEFAULT_LR[self.arch]:g}"
+            return f"  # {self.arch}'s default: {self.lr_for(self.arch):g}"
         return ""
 
 
@@ -138,7 +142,7 @@ class Trainer:
             self.log_threshold = torch.nn.Parameter(sae.threshold.clamp_min(1e-3).log())
             groups.append({"params": [self.log_threshold], "lr_scale": cfg.threshold_lr_scale})
         # fused: one pass over each tensor per step instead of one per arithmetic op
-        self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[sae.cfg.arch]
+        self.base_lr = cfg.lr_for(sae.cfg.arch)
         self.optimizer = torch.optim.Adam(groups, lr=self.base_lr, betas=(0.9, 0.999), fused=True)
         self.lr = self.base_lr  # of the latest step
         self.steps_done = 0

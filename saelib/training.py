@@ -165,8 +165,8 @@ def _resolve_config(cfg: TrainConfig | None, overrides: dict) -> TrainConfig:
     if unknown:
         raise BadArgument(f"Unknown training option(s) {unknown}; TrainConfig has {sorted(names)}")
     cfg = replace(cfg or TrainConfig(), **overrides)
-    if cfg.lr is None and cfg.arch in DEFAULT_LR:  # the metadata and checkpoints record the number used
-        cfg = replace(cfg, lr=DEFAULT_LR[cfg.arch])
+    if cfg.arch in DEFAULT_LR:  # the metadata and checkpoints record the number used
+        cfg = replace(cfg, lr=cfg.lr_for(cfg.arch))
     if cfg.prefixes is not None:  # a list, as the checkpoint's JSON will hold it
         cfg = replace(cfg, prefixes=[int(p) for p in cfg.prefixes])
     if cfg.batch_size < 1 or cfg.epochs < 1 or (cfg.n_tokens is not None and cfg.n_tokens < 1):
