@@ -69,13 +69,13 @@ def reconstruction_metrics(
         shard_acts = to_device(shard.acts, device)
         for start in range(0, len(shard_acts), batch_size):
             acts, eval_rows = shard_acts[start : start + batch_size], is_eval[start : start + batch_size]
-            latents = sae.encode(acts)
-            fire_counts += (latents > 0).sum(0, dtype=torch.int32)  # int32: half the traffic of long
+            pre = sae.pre_acts(acts)
+            fire_counts += sae.firing_counts(pre)  # every row; latents only for the eval rows
             n_all += len(acts)
             bar.update(len(acts))
             if not eval_rows.any():
                 continue
-            acts, latents = acts[eval_rows], latents[eval_rows]
+            acts, latents = acts[eval_rows], sae.activate(pre[eval_rows])
             recon = sae.decode(latents, acts)
             n += len(acts)
             sum_x += acts.double().sum(0)

@@ -150,13 +150,27 @@ class SAE(nn.Module):
                 f"This SAE reads d_in={self.cfg.d_in} activations ({self._trained_on()}); got a tensor of "
                 f"shape {tuple(x.shape)}. Pass activations of that model, layer and site"
             )
-        pre = self.pre_acts(x)
+        return self.activate(self.pre_acts(x))
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """Latents [.., d_sae] from pre-activations: the arch's rule (encode = activate after pre_acts)."""
         if self.cfg.arch == "relu":
             return F.relu(pre)
         if self.cfg.arch == "topk":
             top = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
-        return F.relu(pre) * (pre > self.threshold)
+        # relu(pre) * (pre > threshold) in one pass over pre instead of three: half the time on a CPU
+        return pre.masked_fill(pre <= self.threshold.clamp_min(0), 0)
+
+    def firing_counts(self, pre: Tensor) -> Tensor:
+        """[d_sae]: on how many rows of pre-activations [n, d_sae] each latent fires, without building the
+        latents: TopK counts its selected indices, so a pass that only needs densities skips the dense
+        [n, d_sae] scatter and compare."""
+        if self.cfg.arch == "topk":
+            top = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return torch.bincount(top.indices[top.values > 0], minlength=self.cfg.d_sae)
+        floor = 0.0 if self.cfg.arch == "relu" else self.threshold.clamp_min(0)
+        return (pre > floor).sum(0, dtype=torch.int32)
 
     def decode(self, latents: Tensor, x: Tensor | None = None) -> Tensor:
         """Reconstruction [.., d_in] of latents [.., d_sae]. An SAE with an input norm needs the input x the

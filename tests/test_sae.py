@@ -7,7 +7,7 @@ import torch
 from conftest import random_sae
 
 from saelib.errors import BadArgument, BadFile
-from saelib.sae import ARCHS, SAEConfig, load_sae
+from saelib.sae import ARCHS, THRESHOLD_ARCHS, SAEConfig, load_sae
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -143,3 +143,22 @@ def test_the_bundled_model_is_saved_under_its_hub_id_with_a_note(tmp_path):
     assert cfg["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "Q4_1" in cfg["saelib"]["model_note"]
     assert load_sae(tmp_path).meta["model"] == "default"  # saelib reloads the bundled weights
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_activate_and_firing_counts_agree_with_encode(arch):
+    """activate(pre_acts(x)) is encode(x), and firing_counts(pre) counts its nonzero latents per column,
+    also with tied, negative and zero pre-activations and a negative threshold."""
+    sae = random_sae(arch)
+    x = torch.randn(64, 12)
+    x[10:20] = x[0]  # repeated rows: tied pre-activations
+    if arch in THRESHOLD_ARCHS:
+        sae.threshold[:5] = -0.5  # a negative threshold still needs a positive pre-activation
+        sae.threshold[5:10] = 0.0
+    pre = sae.pre_acts(x)
+    latents = sae.encode(x)
+    assert torch.equal(sae.activate(pre), latents)
+    assert torch.equal(sae.firing_counts(pre).long(), (latents > 0).sum(0))
+    reference = torch.relu(pre) * (pre > sae.threshold) if arch in THRESHOLD_ARCHS else None
+    if reference is not None:
+        assert torch.equal(latents, reference)
