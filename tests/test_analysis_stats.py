@@ -30,6 +30,13 @@ def test_feature_stats_stream_matches_dense(planted_store):
     dense_top = acts.topk(5, dim=0)
     assert torch.allclose(stats.top_values, dense_top.values)
     assert stats.top_rows[:3, 2].tolist() == [350, 17, 699]
+    fired = stats.top_values > 0  # every kept value sits at its row, with that row's token
+    features = torch.arange(6).expand(5, 6)
+    assert torch.equal(acts[stats.top_rows[fired], features[fired]], stats.top_values[fired])
+    row_tokens = [store.context(row, before=0, after=0)[0][0] for row in stats.top_rows[fired].tolist()]
+    assert stats.top_token_ids[fired].tolist() == row_tokens
+    active_mean = (acts.sum(0) / (acts > 0).sum(0).clamp(min=1)).float()
+    assert torch.allclose(stats.mean_active, active_mean)
     assert stats.density[5] == 0 and "1 never fired" in repr(stats)
     assert stats.histogram(2).axes[0].get_xscale() == "log"
     assert "5 alive, 1 never fired" in stats.density_plot([2]).axes[0].get_title()

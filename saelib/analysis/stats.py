@@ -122,18 +122,21 @@ def _compute(
                 break
             stop = min(start + batch_tokens, len(shard.acts), start + total - seen)
             latents = encode_latents(sae, shard.acts[start:stop])
-            active = latents > 0
-            fired += active.sum(0)
-            act_sum += latents.sum(0, dtype=torch.float64)
-            max_act = torch.maximum(max_act, latents.max(0).values)
-            rows, feats = active.nonzero(as_tuple=True)
-            bins = (torch.bucketize(latents[rows, feats], HIST_EDGES) - 1).clamp(0, n_bins - 1)
+            # a few dozen of d_sae latents fire per token: every statistic reads only those entries
+            rows, feats = (latents > 0).nonzero(as_tuple=True)
+            values = latents[rows, feats]
+            fired += torch.bincount(feats, minlength=d_sae)
+            act_sum.index_add_(0, feats, values.double())
+            max_act.scatter_reduce_(0, feats, values, "amax")
+            bins = (torch.bucketize(values, HIST_EDGES) - 1).clamp(0, n_bins - 1)
             hist += torch.bincount(feats * n_bins + bins, minlength=d_sae * n_bins)
-            chunk_values, chunk_index = latents.topk(min(n_top, len(latents)), dim=0)
-            values = torch.cat([top_values, chunk_values])
-            top_values, pick = values.topk(n_top, dim=0)
-            top_rows = torch.cat([top_rows, chunk_index + shard.offset + start]).gather(0, pick)
-            top_ids = torch.cat([top_ids, shard.token_ids[start:stop][chunk_index]]).gather(0, pick)
+            chunk_values, chunk_rows = _top_per_feature(values, rows, feats, n_top, d_sae)
+            filled = chunk_rows >= 0
+            chunk_ids = shard.token_ids[start:stop][chunk_rows.clamp(min=0)].masked_fill(~filled, 0)
+            chunk_rows = torch.where(filled, chunk_rows + shard.offset + start, -1)
+            top_values, pick = torch.cat([top_values, chunk_values]).topk(n_top, dim=0)
+            top_rows = torch.cat([top_rows, chunk_rows]).gather(0, pick)
+            top_ids = torch.cat([top_ids, chunk_ids]).gather(0, pick)
             seen += len(latents)
             bar.update(len(latents))
     bar.close()
@@ -149,6 +152,26 @@ def _compute(
         top_rows=top_rows,
         top_token_ids=top_ids,
     )
+
+
+def _top_per_feature(
+    values: Tensor, rows: Tensor, feats: Tensor, n_top: int, d_sae: int
+) -> tuple[Tensor, Tensor]:
+    """[n_top, d_sae] largest `values` of each feature among the (row, feature, value) entries, descending,
+    and their rows; a feature with fewer entries gets zeros and row -1. Sorting the few entries replaces
+    a top-n over the dense [rows, d_sae] latents down the column, which is slow on a CPU."""
+    order = values.argsort(descending=True, stable=True)
+    order = order[feats[order].argsort(stable=True)]  # grouped by feature, each group descending
+    sorted_feats = feats[order]
+    counts = torch.bincount(sorted_feats, minlength=d_sae)
+    rank = torch.arange(len(order)) - (counts.cumsum(0) - counts)[sorted_feats]  # place within the group
+    kept = rank < n_top
+    at = (rank[kept], sorted_feats[kept])
+    top_values = torch.zeros(n_top, d_sae, dtype=values.dtype)
+    top_rows = torch.full((n_top, d_sae), -1, dtype=torch.int64)
+    top_values[at] = values[order[kept]]
+    top_rows[at] = rows[order[kept]]
+    return top_values, top_rows
 
 
 # ---- max-activating contexts ---------------------------------------------------------------------
