@@ -157,17 +157,73 @@ def dense_loss(
             x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, threshold, *settings
         )
         return TrainLoss(loss, recon, counts.sum().item() / len(x), counts > 0)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
-        latents = F.relu(pre)
-        sparsity = (latents @ sae.W_dec.norm(dim=1)).mean()
-        recon = latents @ sae.W_dec + sae.b_dec
-        loss = (recon - x).pow(2).sum(1).mean() + coeff * sparsity
-        if preact_coeff and dead is not None and dead.any():
-            loss = loss + preact_coeff * (-pre[:, dead]).clamp_min(0).sum(1).mean()
-    with torch.no_grad():
-        active = latents > 0
-    return TrainLoss(loss, recon.detach(), active.sum().item() / len(x), active.any(0))
+    dead_cols = dead.nonzero().squeeze(1) if preact_coeff and dead is not None and dead.any() else None
+    loss, recon, counts = ReLULoss.apply(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, coeff, preact_coeff, dead_cols, dtype
+    )
+    return TrainLoss(loss, recon, counts.sum().item() / len(x), counts > 0)
+
+
+class ReLULoss(torch.autograd.Function):
+    """The ReLU training loss in one autograd node, with its backward written out:
+
+        pre     = (x - b_dec) @ W_enc + b_enc                 one GEMM in `dtype`
+        latents = relu(pre)
+        loss    = |latents @ W_dec + b_dec - x|^2 + coeff * sum_i latents_i |W_dec[i]|
+                  + preact_coeff * sum over dead latents of relu(-pre)                  (means over tokens)
+
+    Written under autocast the same loss copied [batch, d_sae] tensors between dtypes and made a dozen
+    elementwise passes over them; here only the latents ([batch, d_sae], in `dtype`) are kept for backward,
+    ReLU's mask is read back from them, and the L1 term's gradients reduce to per-latent sums. Returns the
+    loss, the reconstruction and how many tokens each latent fired on (both without gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, coeff, preact_coeff, dead_cols, dtype):
+        n = len(x)
+        centred = (x - b_dec).to(dtype)
+        latents = torch.addmm(b_enc.to(dtype), centred, W_enc.to(dtype))
+        dead_pre = latents[:, dead_cols].to(x.dtype) if dead_cols is not None else None
+        latents.relu_()
+        counts = (latents > 0).view(torch.uint8).sum(0, dtype=torch.int32)
+        W_dec_d = W_dec.to(dtype)
+        recon = torch.mm(latents, W_dec_d).to(x.dtype) + b_dec
+        diff = recon - x
+        norms = W_dec.norm(dim=1)
+        act_sums = latents.sum(0, dtype=x.dtype)  # the L1 term is act_sums @ norms
+        loss = diff.pow(2).sum() + coeff * (act_sums @ norms)
+        if dead_pre is not None:
+            loss = loss + preact_coeff * (-dead_pre).clamp_min(0).sum()
+        ctx.save_for_backward(
+            centred, W_enc, W_dec, W_dec_d, latents, diff, norms, act_sums, dead_pre, dead_cols
+        )
+        ctx.settings = coeff, preact_coeff
+        ctx.mark_non_differentiable(recon, counts)
+        return loss / n, recon, counts
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_recon, _grad_counts):
+        centred, W_enc, W_dec, W_dec_d, latents, diff, norms, act_sums, dead_pre, dead_cols = (
+            ctx.saved_tensors
+        )
+        coeff, preact_coeff = ctx.settings
+        scale = float(grad_loss) / len(latents)  # d loss / d (the sums over tokens)
+        dtype = latents.dtype
+        grad_recon = diff * (2 * scale)
+        grad_recon_d = grad_recon.to(dtype)
+        grad_W_dec = torch.mm(latents.t(), grad_recon_d).to(W_dec.dtype)
+        grad_W_dec += (
+            (coeff * scale) * (act_sums / norms).unsqueeze(1) * W_dec
+        )  # d |W_dec[i]| = W_dec[i] / norm
+        grad = torch.mm(grad_recon_d, W_dec_d.t())  # d loss / d latents
+        grad += ((coeff * scale) * norms).to(dtype)
+        grad = torch.ops.aten.threshold_backward(grad, latents, 0)  # ReLU's mask, read from the latents
+        if dead_cols is not None:
+            grad[:, dead_cols] -= ((dead_pre < 0) * (preact_coeff * scale)).to(dtype)
+        grad_W_enc = torch.mm(grad.t(), centred).to(W_enc.dtype).t()  # in W_enc's latent-major layout
+        grad_b_enc = grad.sum(0, dtype=W_enc.dtype)
+        grad_b_dec = grad_recon.sum(0) - W_enc @ grad_b_enc
+        return None, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, None, None, None, None
 
 
 class JumpReLULoss(torch.autograd.Function):
@@ -183,8 +239,8 @@ class JumpReLULoss(torch.autograd.Function):
     d H / d threshold = -K / bandwidth. The L0 term reaches the threshold only, as in the paper: letting
     its pseudo-gradient push the pre-activations near the threshold down too (Anthropic, January 2025)
     cost FVU and doubled the dense latents on the demo store (6 epochs: FVU 0.167 -> 0.162, dense 1.6% ->
-    0.7% without it), and the log-thresholds follow fast enough alone. Only `pre` ([batch, d_sae], in
-    `dtype`) is kept for backward; the latents are recomputed from it. Returns the loss, the
+    0.7% without it), and the log-thresholds follow fast enough alone. `pre` and the latents ([batch,
+    d_sae], in `dtype`) are kept for backward, so no mask is computed twice. Returns the loss, the
     reconstruction and how many tokens each latent fired on (both without gradient).
     """
 
@@ -198,20 +254,22 @@ class JumpReLULoss(torch.autograd.Function):
         # the big elementwise passes stay in `dtype`: mixing in a float32 threshold would copy pre
         silent = pre <= threshold.to(dtype)
         counts = n - silent.view(torch.uint8).sum(0, dtype=torch.int32)  # half the time of a bool sum
-        recon = torch.mm(pre.masked_fill(silent, 0), W_dec.to(dtype)).to(x.dtype) + b_dec
+        latents = pre.masked_fill(silent, 0)
         del silent
+        W_dec_d = W_dec.to(dtype)
+        recon = torch.mm(latents, W_dec_d).to(x.dtype) + b_dec
         diff = recon - x
         loss = diff.pow(2).sum() + coeff * counts.sum()
         if dead_cols is not None and len(dead_cols):
             loss = loss + preact_coeff * (threshold[dead_cols] - pre[:, dead_cols]).clamp_min(0).sum()
-        ctx.save_for_backward(centred, W_enc, W_dec, pre, threshold, diff, dead_cols)
+        ctx.save_for_backward(centred, W_enc, W_dec, W_dec_d, pre, latents, threshold, diff, dead_cols)
         ctx.settings = coeff, bandwidth, preact_coeff
         ctx.mark_non_differentiable(recon, counts)
         return loss / n, recon, counts
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_recon, _grad_counts):
-        centred, W_enc, W_dec, pre, threshold, diff, dead_cols = ctx.saved_tensors
+        centred, W_enc, W_dec, W_dec_d, pre, latents, threshold, diff, dead_cols = ctx.saved_tensors
         coeff, bandwidth, preact_coeff = ctx.settings
         n, d_sae = pre.shape
         scale = float(grad_loss) / n  # d loss / d (the sums over tokens)
@@ -219,10 +277,8 @@ class JumpReLULoss(torch.autograd.Function):
         grad_recon = diff * (2 * scale)
         grad_recon_d = grad_recon.to(dtype)
         threshold_d = threshold.to(dtype)
-        silent = pre <= threshold_d
-        grad = pre.masked_fill(silent, 0)  # the latents, until their product with grad_recon is taken
-        grad_W_dec = torch.mm(grad.t(), grad_recon_d).to(W_dec.dtype)
-        torch.mm(grad_recon_d, W_dec.to(dtype).t(), out=grad)  # d loss / d latents
+        grad_W_dec = torch.mm(latents.t(), grad_recon_d).to(W_dec.dtype)
+        grad = torch.mm(grad_recon_d, W_dec_d.t())  # d loss / d latents
         # the kernel's window holds few (token, latent) pairs: gather them once instead of masking all
         near = ((pre - threshold_d).abs_() < bandwidth / 2).view(-1).nonzero().squeeze(1)
         near_cols = near % d_sae
@@ -232,12 +288,13 @@ class JumpReLULoss(torch.autograd.Function):
         l0_weight = coeff * scale / bandwidth
         grad_threshold = -(threshold / bandwidth) * kernel_sum
         grad_threshold -= l0_weight * torch.bincount(near_cols, minlength=d_sae)
-        grad.masked_fill_(silent, 0)
+        # thresholds are positive, so a latent is active exactly where it is nonzero: ReLU's backward mask
+        grad = torch.ops.aten.threshold_backward(grad, latents, 0)
         if dead_cols is not None and len(dead_cols):
             below = (pre[:, dead_cols] < threshold[dead_cols]).to(dtype) * (preact_coeff * scale)
             grad[:, dead_cols] -= below
             grad_threshold[dead_cols] += below.sum(0, dtype=threshold.dtype)
-        grad_W_enc = torch.mm(centred.t(), grad).to(W_enc.dtype)
+        grad_W_enc = torch.mm(grad.t(), centred).to(W_enc.dtype).t()  # in W_enc's latent-major layout
         grad_b_enc = grad.sum(0).to(threshold.dtype)
         grad_b_dec = grad_recon.sum(0) - W_enc @ grad_b_enc
         return (

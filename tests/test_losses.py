@@ -52,3 +52,35 @@ def test_fused_jumprelu_loss_matches_plain_autograd():
     for name, ours, p in zip(["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"], fused_grads, params):
         assert torch.allclose(ours, p.grad, atol=1e-9), name
     assert fused.l0 == (pre > log_threshold.exp()).sum().item() / n
+
+
+def test_fused_relu_loss_matches_plain_autograd():
+    torch.manual_seed(1)
+    n, d_in, d_sae = 64, 10, 40
+    sae = SAE(SAEConfig(d_in, d_sae, arch="relu")).double()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    x = torch.randn(n, d_in, dtype=torch.float64)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[::7] = True
+    coeff, preact_coeff = 0.3, 0.2
+
+    fused = dense_loss(sae, x, coeff, dead=dead, preact_coeff=preact_coeff, dtype=torch.float64)
+    fused.loss.backward()
+    fused_grads = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad(set_to_none=True)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    latents = torch.relu(pre)
+    recon = latents @ sae.W_dec + sae.b_dec
+    l1 = latents @ sae.W_dec.norm(dim=1)  # weighted by decoder norms (Anthropic, April 2024)
+    pull = (-pre[:, dead]).clamp_min(0).sum(1)
+    loss = ((recon - x).pow(2).sum(1) + coeff * l1 + preact_coeff * pull).mean()
+    loss.backward()
+
+    assert torch.allclose(fused.loss, loss, atol=1e-10) and torch.allclose(fused.recon, recon, atol=1e-10)
+    assert 0 < (pre[:, dead] < 0).float().mean() < 1 and 0 < (pre > 0).float().mean() < 1  # both sides hit
+    for name, ours, p in zip(["W_enc", "b_enc", "W_dec", "b_dec"], fused_grads, sae.parameters()):
+        assert torch.allclose(ours, p.grad, atol=1e-9), name
+    assert fused.l0 == (pre > 0).sum().item() / n
+    assert torch.equal(fused.fired, (pre > 0).any(0))
