@@ -4,9 +4,10 @@
   sparse ops so that only the selected latents cost anything past the encoder GEMM;
 - matryoshka: the BatchTopK selection, and the mean reconstruction error of each prefix of the
   dictionary (Bussmann et al., 2025), all prefixes summed from one decode of the selected latents;
-- relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024);
+- relu: reconstruction error + L1 of the latents weighted by decoder row norms (Anthropic, April 2024),
+  in one autograd node with its backward written out (`ReLULoss`);
 - jumprelu: reconstruction error + L0, with straight-through threshold gradients (Rajamanoharan et
-  al., 2024), in one fused autograd node (`JumpReLULoss`);
+  al., 2024), likewise in one node (`JumpReLULoss`);
 - both: a pull of the dead latents' pre-activations up to their thresholds (0 for relu; Anthropic,
   January 2025) so they fire again.
 
@@ -212,9 +213,8 @@ class ReLULoss(torch.autograd.Function):
         grad_recon = diff * (2 * scale)
         grad_recon_d = grad_recon.to(dtype)
         grad_W_dec = torch.mm(latents.t(), grad_recon_d).to(W_dec.dtype)
-        grad_W_dec += (
-            (coeff * scale) * (act_sums / norms).unsqueeze(1) * W_dec
-        )  # d |W_dec[i]| = W_dec[i] / norm
+        # the L1 term's share: d |W_dec[i]| / d W_dec[i] = W_dec[i] / |W_dec[i]|, times latent i's sum
+        grad_W_dec += (coeff * scale) * (act_sums / norms).unsqueeze(1) * W_dec
         grad = torch.mm(grad_recon_d, W_dec_d.t())  # d loss / d latents
         grad += ((coeff * scale) * norms).to(dtype)
         grad = torch.ops.aten.threshold_backward(grad, latents, 0)  # ReLU's mask, read from the latents
