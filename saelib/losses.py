@@ -132,9 +132,40 @@ def _prefix_recons(sae: SAE, x: Tensor, rows: Tensor, cols: Tensor, values: Tens
     per_group = SparseDecode.apply(
         values[order], sae.W_dec, bags, cols[order], row_offsets(bags, n_rows * n_groups)
     )
-    prefix_recons = per_group.view(n_rows, n_groups, -1).cumsum(1) + sae.b_dec
-    loss = (prefix_recons - x[:, None]).pow(2).sum(2).mean()
-    return prefix_recons[:, -1], loss
+    loss, recon = PrefixErrors.apply(per_group.view(n_rows, n_groups, -1), sae.b_dec, x)
+    return recon, loss
+
+
+class PrefixErrors(torch.autograd.Function):
+    """Mean over prefixes of each prefix's squared error (summed over d_in, averaged over tokens), from the
+    per-group decodes [n, n_groups, d_in], and the full reconstruction (without gradient).
+
+    The running sum over groups, and its reverse in backward, are a few in-place adds of [n, d_in] slices:
+    torch.cumsum along that short strided axis and its flipped backward took a fifth of a Matryoshka step.
+    """
+
+    @staticmethod
+    def forward(ctx, per_group, b_dec, x):
+        n, n_groups, _ = per_group.shape
+        errors = per_group.clone()  # errors[:, g] = b_dec + groups 0..g - x: prefix g's error
+        errors[:, 0] += b_dec - x
+        for group in range(1, n_groups):
+            errors[:, group] += errors[:, group - 1]
+        flat = errors.view(-1)
+        loss = torch.dot(flat, flat) / (n * n_groups)
+        ctx.save_for_backward(errors)
+        recon = errors[:, -1] + x
+        ctx.mark_non_differentiable(recon)
+        return loss, recon
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_recon):
+        (errors,) = ctx.saved_tensors
+        n, n_groups, _ = errors.shape
+        grad = errors * (2 * grad_loss / (n * n_groups))
+        for group in range(n_groups - 2, -1, -1):  # group g's decode is in every prefix from g on
+            grad[:, group] += grad[:, group + 1]
+        return grad, grad[:, 0].sum(0), None
 
 
 def dense_loss(

@@ -2,7 +2,7 @@
 
 import torch
 
-from saelib.losses import dense_loss
+from saelib.losses import PrefixErrors, dense_loss
 from saelib.sae import SAE, SAEConfig
 
 
@@ -84,3 +84,22 @@ def test_fused_relu_loss_matches_plain_autograd():
         assert torch.allclose(ours, p.grad, atol=1e-9), name
     assert fused.l0 == (pre > 0).sum().item() / n
     assert torch.equal(fused.fired, (pre > 0).any(0))
+
+
+def test_prefix_errors_match_the_cumulative_sum_written_plainly():
+    torch.manual_seed(2)
+    n, n_groups, d_in = 16, 4, 6
+    per_group = torch.randn(n, n_groups, d_in, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(d_in, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, d_in, dtype=torch.float64)
+
+    loss, recon = PrefixErrors.apply(per_group, b_dec, x)
+    loss.backward()
+    grads = per_group.grad.clone(), b_dec.grad.clone()
+    per_group.grad = b_dec.grad = None
+    prefix_recons = per_group.cumsum(1) + b_dec
+    plain = (prefix_recons - x[:, None]).pow(2).sum(2).mean()
+    plain.backward()
+
+    assert torch.allclose(loss, plain) and torch.allclose(recon, prefix_recons[:, -1].detach())
+    assert torch.allclose(grads[0], per_group.grad) and torch.allclose(grads[1], b_dec.grad)
