@@ -23,6 +23,7 @@ TABLE_COLUMNS = {
     "l0": "{:.1f}",
     "fvu": "{:.3f}",
     "ce_loss_recovered": "{:.3f}",
+    "kl_sae": "{:.3f}",
     "dead_frac": "{:.1%}",
     "dense_frac": "{:.1%}",
     "absorption_rate": "{:.3f}",
@@ -89,13 +90,18 @@ def arch_frontier(
 
 
 def frontier_table(points: Sequence[dict]) -> str:
-    """The frontier's metrics as a fixed-width text table, one row per arch."""
-    header = " ".join(f"{name:>19}" for name in TABLE_COLUMNS)
-    rows = []
-    for point in points:
-        cells = []
-        for name, fmt in TABLE_COLUMNS.items():
-            value = point.get(name)
-            cells.append(f"{'-' if value is None else fmt.format(value):>19}")
-        rows.append(" ".join(cells))
-    return "\n".join([header, *rows])
+    """The frontier's metrics as a text table, one row per arch (named on the left, numbers right-aligned),
+    each column as wide as its widest cell."""
+    cells = [
+        ["-" if point.get(name) is None else fmt.format(point[name]) for name, fmt in TABLE_COLUMNS.items()]
+        for point in points
+    ]
+    columns = list(zip(TABLE_COLUMNS, *cells))
+    widths = [max(len(cell) for cell in column) for column in columns]
+    lines = [list(TABLE_COLUMNS), *cells]
+    return "\n".join(
+        "  ".join(
+            [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
+        )
+        for line in lines
+    )

@@ -24,5 +24,8 @@ def test_arch_frontier_trains_each_arch_once_and_tabulates(tmp_path, monkeypatch
     monkeypatch.setattr(sweep, "train", no_training)
     assert sweep.arch_frontier(store, tmp_path, archs=("topk", "matryoshka", "jumprelu"), base=base) == points
     table = sweep.frontier_table(points)
-    assert table.splitlines()[0].split()[:3] == ["arch", "l0", "fvu"] and "matryoshka" in table
+    header, *rows = table.splitlines()
+    assert header.split()[:5] == ["arch", "l0", "fvu", "ce_loss_recovered", "kl_sae"] and len(rows) == 3
+    assert rows[1].startswith("matryoshka") and rows[0].split()[4] == "-"  # no LM given: no KL
+    assert len({len(line) for line in table.splitlines()}) == 1  # aligned columns
     assert len(arch_frontier_plot(points).axes) == 2
