@@ -220,7 +220,7 @@ class LM:
         return TokenActivations(
             acts=[acts[i, :n].cpu() for i, n in enumerate(lengths)],
             token_ids=ids,
-            tokens=[self.token_strings(t.tolist()) for t in ids],
+            tokens=[self.text_pieces(t.tolist()) for t in ids],
         )
 
     def next_token_activations(
@@ -244,7 +244,25 @@ class LM:
         return torch.cat(acts)
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
+        """Each token decoded on its own: for lists of unrelated tokens (a logit lens, top tokens)."""
         return [self.tokenizer.decode([t]) for t in token_ids]
+
+    def text_pieces(self, token_ids: list[int]) -> list[str]:
+        """The tokens of one text as the strings that read as that text. A character that byte-level BPE
+        splits over several tokens (e.g. '¿' as two) decodes to U+FFFD piece by piece; such a run is
+        decoded together and shown on the token that completes it, the tokens before it left empty."""
+        pieces = self.token_strings(token_ids)
+        start = None  # first token of a run of partial characters
+        for i, piece in enumerate(pieces):
+            if "\ufffd" not in piece:
+                start = None
+                continue
+            start = i if start is None else start
+            joined = self.tokenizer.decode(token_ids[start : i + 1])
+            if "\ufffd" not in joined:
+                pieces[start : i + 1] = [""] * (i - start) + [joined]
+                start = None
+        return pieces
 
     @contextmanager
     def hooked(self, layer: int, site: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:

@@ -235,3 +235,17 @@ def test_intervened_logits_skip_the_early_blocks_and_equal_full_forwards(arch, l
     assert len(calls) == (1 if layer else 3)  # block 0 ran in the first pass only
     assert all("forward" not in vars(block) for block in lm.blocks)  # restored
     torch.testing.assert_close(lm.logits(ids, mask), expected[0])
+
+
+def test_text_pieces_keep_characters_split_over_byte_tokens(tiny_llama):
+    """'¿' and 'ó' are two byte-level tokens each in the tiny vocabulary: each decodes to U+FFFD alone, so a
+    text's pieces show the whole character on the token that completes it and read as the text."""
+    text = "Perdón, ¿puede hablar?"
+    ids = tiny_llama.tokenizer(text)["input_ids"]
+    assert sum("\ufffd" in piece for piece in tiny_llama.token_strings(ids)) == 4
+    pieces = tiny_llama.text_pieces(ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == text
+    assert pieces.count("") == 2 and "¿" in pieces and "ó" in pieces
+    assert "".join(tiny_llama.activations([text]).tokens[0][1:]) == text  # after the sink token
+    lone = tiny_llama.text_pieces(ids[:4])  # the window ends inside 'ó': its first byte stays U+FFFD
+    assert lone[-1] == "\ufffd"

@@ -215,5 +215,5 @@ def top_contexts(
         if value <= 0:
             break
         ids, index = store.context(row, before=before, after=after)
-        contexts.append(Context(tokens=lm.token_strings(list(ids)), index=index, value=value, row=row))
+        contexts.append(Context(tokens=lm.text_pieces(list(ids)), index=index, value=value, row=row))
     return FeatureContexts(feature=feature, contexts=contexts)
