@@ -249,18 +249,22 @@ class LM:
 
     def text_pieces(self, token_ids: list[int]) -> list[str]:
         """The tokens of one text as the strings that read as that text. A character that byte-level BPE
-        splits over several tokens (e.g. '¿' as two) decodes to U+FFFD piece by piece; such a run is
-        decoded together and shown on the token that completes it, the tokens before it left empty."""
+        splits over several tokens (e.g. ' ¿' as ' ' plus a lead byte, then the last byte) decodes to U+FFFD
+        piece by piece; within such a run each token shows what it completes (' ', then '¿'), and a token
+        that completes nothing shows ''."""
         pieces = self.token_strings(token_ids)
-        start = None  # first token of a run of partial characters
+        start, shown = None, ""  # where a run with an unfinished character began; its text shown so far
         for i, piece in enumerate(pieces):
-            if "\ufffd" not in piece:
-                start = None
+            if start is None and "\ufffd" not in piece:
                 continue
-            start = i if start is None else start
-            joined = self.tokenizer.decode(token_ids[start : i + 1])
-            if "\ufffd" not in joined:
-                pieces[start : i + 1] = [""] * (i - start) + [joined]
+            if start is None:
+                start, shown = i, ""
+            text = self.tokenizer.decode(token_ids[start : i + 1])
+            complete = text.rstrip("\ufffd")
+            if complete.startswith(shown):
+                pieces[i] = complete[len(shown) :]
+                shown = complete
+            if complete == text:  # nothing left unfinished: the run is over
                 start = None
         return pieces
 

@@ -247,5 +247,6 @@ def test_text_pieces_keep_characters_split_over_byte_tokens(tiny_llama):
     assert len(pieces) == len(ids) and "".join(pieces) == text
     assert pieces.count("") == 2 and "¿" in pieces and "ó" in pieces
     assert "".join(tiny_llama.activations([text]).tokens[0][1:]) == text  # after the sink token
-    lone = tiny_llama.text_pieces(ids[:4])  # the window ends inside 'ó': its first byte stays U+FFFD
-    assert lone[-1] == "\ufffd"
+    assert tiny_llama.text_pieces(ids[:4])[-1] == ""  # a window that ends inside 'ó' shows nothing of it
+    starts_inside = tiny_llama.text_pieces(ids[4:])  # a window that starts inside 'ó' keeps the stray byte
+    assert "".join(starts_inside) == "\ufffd" + text[5:]
