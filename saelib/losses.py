@@ -251,10 +251,19 @@ class ReLULoss(torch.autograd.Function):
         grad = torch.ops.aten.threshold_backward(grad, latents, 0)  # ReLU's mask, read from the latents
         if dead_cols is not None:
             grad[:, dead_cols] -= ((dead_pre < 0) * (preact_coeff * scale)).to(dtype)
-        grad_W_enc = torch.mm(grad.t(), centred).to(W_enc.dtype).t()  # in W_enc's latent-major layout
-        grad_b_enc = grad.sum(0, dtype=W_enc.dtype)
-        grad_b_dec = grad_recon.sum(0) - W_enc @ grad_b_enc
+        grad_W_enc, grad_b_enc, grad_b_dec = _encoder_grads(grad, grad_recon, centred, W_enc)
         return None, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, None, None, None, None
+
+
+def _encoder_grads(
+    grad_pre: Tensor, grad_recon: Tensor, centred: Tensor, W_enc: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of W_enc, b_enc and b_dec for the dense losses, from d loss / d pre and d loss / d recon:
+    pre = (x - b_dec) @ W_enc + b_enc and recon = ... + b_dec, so b_dec gets both paths. W_enc's gradient
+    comes out in its latent-major layout, and b_enc's is summed in W_enc's precision."""
+    grad_W_enc = torch.mm(grad_pre.t(), centred).to(W_enc.dtype).t()
+    grad_b_enc = grad_pre.sum(0, dtype=W_enc.dtype)
+    return grad_W_enc, grad_b_enc, grad_recon.sum(0) - W_enc @ grad_b_enc
 
 
 class JumpReLULoss(torch.autograd.Function):
@@ -325,9 +334,7 @@ class JumpReLULoss(torch.autograd.Function):
             below = (pre[:, dead_cols] < threshold[dead_cols]).to(dtype) * (preact_coeff * scale)
             grad[:, dead_cols] -= below
             grad_threshold[dead_cols] += below.sum(0, dtype=threshold.dtype)
-        grad_W_enc = torch.mm(grad.t(), centred).to(W_enc.dtype).t()  # in W_enc's latent-major layout
-        grad_b_enc = grad.sum(0).to(threshold.dtype)
-        grad_b_dec = grad_recon.sum(0) - W_enc @ grad_b_enc
+        grad_W_enc, grad_b_enc, grad_b_dec = _encoder_grads(grad, grad_recon, centred, W_enc)
         return (
             None,
             grad_W_enc,
